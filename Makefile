@@ -1,0 +1,48 @@
+# The two commands a user needs are `make run` and `make test`; both set up everything themselves.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: all venv gen gen-check lint typecheck test test-fast run bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## Regenerate the contract package xsha_api/ from protos/.
+gen: $(STAMP)
+	$(BIN)/python -m xsha_common.protogen
+
+## Fail when the committed generated code differs from what protos/ produces.
+gen-check: $(STAMP)
+	$(BIN)/python -m xsha_common.protogen --check
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy .
+
+## The whole suite: generated code current, lint, types, tests (DB tests need XSHA_TEST_MYSQL_URL / XSHA_TEST_POSTGRES_URL).
+test: $(STAMP) gen-check lint typecheck
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
+
+run: $(STAMP)
+	$(BIN)/python -m xsha_common.demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache var

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: all venv gen gen-check lint typecheck test test-fast run bench clean
+.PHONY: all venv gen gen-check lint typecheck test test-fast run bench clean proto-baseline
 
 all: test
 
@@ -46,3 +46,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache var
+
+## Record the current contract as the baseline that `buf breaking` compares against (on a release).
+proto-baseline: $(STAMP)
+	$(BIN)/buf build -o protos/breaking-baseline.binpb

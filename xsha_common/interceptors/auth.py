@@ -1,0 +1,74 @@
+"""Bearer-token authentication: `authorization: Bearer <token>` metadata checked against the configured tokens.
+
+The gRPC health service is exempt so load balancers and container health checks need no secret. Server reflection is
+NOT exempt: it reveals the full API surface, so tooling (grpcurl, `xsha`) must send the token like any other client.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Iterable
+
+import grpc
+from grpc_health.v1 import health
+
+from xsha_common.interceptors._handlers import (
+    Continuation,
+    MethodHandler,
+    ServerInterceptorBase,
+    aborting_handler,
+    metadata_value,
+    split_method,
+)
+
+AUTHORIZATION_METADATA_KEY = "authorization"
+AUTH_EXEMPT_SERVICES: frozenset[str] = frozenset({health.SERVICE_NAME})
+
+MISSING_TOKEN_MESSAGE = (
+    "Missing bearer token: send the metadata 'authorization: Bearer <token>' with one of the server's auth tokens."
+)
+INVALID_TOKEN_MESSAGE = (
+    "Invalid bearer token: the token sent in 'authorization: Bearer <token>' is not one of the server's auth tokens; "
+    "check the client's token against the server configuration."
+)
+
+
+def bearer_token_metadata(token: str) -> tuple[tuple[str, str]]:
+    """Call metadata that authenticates a client: pass as `metadata=` on each call."""
+    return ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),)
+
+
+class BearerTokenAuthInterceptor(ServerInterceptorBase):
+    """Refuses with UNAUTHENTICATED every call to a non-exempt service without a valid bearer token."""
+
+    def __init__(self, tokens: Iterable[str], exempt_services: Iterable[str] = AUTH_EXEMPT_SERVICES) -> None:
+        self._tokens = tuple(token.encode("utf-8") for token in tokens if token)
+        if not self._tokens:
+            raise ValueError("BearerTokenAuthInterceptor needs at least one non-empty token")
+        self._exempt_services = frozenset(exempt_services)
+
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        service, _ = split_method(handler_call_details.method)
+        if service in self._exempt_services:
+            return handler
+        problem = self._problem(handler_call_details.invocation_metadata)
+        if problem is None:
+            return handler
+        return aborting_handler(handler, grpc.StatusCode.UNAUTHENTICATED, problem)
+
+    def _problem(self, metadata: object) -> str | None:
+        header = metadata_value(metadata, AUTHORIZATION_METADATA_KEY)
+        if header is None:
+            return MISSING_TOKEN_MESSAGE
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return MISSING_TOKEN_MESSAGE
+        presented = token.strip().encode("utf-8")
+        # Compare against every token (no early exit) in constant time per token.
+        matches = [hmac.compare_digest(presented, valid) for valid in self._tokens]
+        return None if any(matches) else INVALID_TOKEN_MESSAGE

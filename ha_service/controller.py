@@ -1,0 +1,839 @@
+"""The controller: follows sync_service's change stream and acts on it (R5, R7, R9, R11).
+
+Two threads. The watcher lists pools/hosts/VMs, then watches from the list's revision (or from the revision the
+controller persisted, after a restart), re-lists on OUT_OF_RANGE and reconnects with backoff; it only queues what it
+receives. The worker takes the queue in order, feeds each observation of a managed VM to the pure
+`ha_service.domain.reconcile.reconcile_vm`, persists the returned memory, actions and notifications in one
+transaction, and writes decided HA configs through SetVmHaConfig. A periodic tick (injectable clock) runs the time
+rules: HA_RESTART_OVERDUE, REPLACE_SYSTEM_VM, unprotected retries, POOL_UNFENCED, event retention.
+
+Single-active: `is_active_replica` is where a DB lease check goes (ha_controller_state has the columns).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ha_service import converters as cv
+from ha_service.domain import model as dm
+from ha_service.domain.policy import effective_mode, ha_config_drift, unprotected_reason_for_error
+from ha_service.domain.reconcile import reconcile_vm
+from ha_service.domain.versions import native_ha_supported
+from ha_service.events import (
+    ACTION,
+    PENDING,
+    EventBus,
+    NewAction,
+    NewNotification,
+    append_events,
+    counter_value,
+)
+from ha_service.handlers import load_pins, load_settings
+from ha_service.metrics import HaMetrics
+from ha_service.settings import HaSettings
+from ha_service.store.models import (
+    CONTROLLER_NAME,
+    EVENT_FLOOR_COUNTER,
+    EVENT_REVISION_COUNTER,
+    ClusterStateRow,
+    ControllerStateRow,
+    CounterRow,
+    HaEventRow,
+    ManagedVmRow,
+)
+from ha_service.sync_client import SyncClient, SyncError, SyncOutOfRangeError, WatchStream, XapiRefusedError
+from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
+from xsha_common.db import retry_transient, write_transaction
+
+log = logging.getLogger(__name__)
+
+_CAUSE_TO_PROTO = {
+    dm.ActionCause.HALTED: ha_service_pb2.RESTART_CAUSE_VM_HALTED,
+    dm.ActionCause.HOST_DEAD_STILL_RUNNING: ha_service_pb2.RESTART_CAUSE_HOST_DEAD,
+}
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    tick_interval: float = 1.0
+    watch_bookmark_interval: float = 1.0
+    reconnect_initial_backoff: float = 0.2
+    reconnect_max_backoff: float = 5.0
+    event_retention: int = 100_000  # HA events kept (pending actions are always kept)
+    revision_persist_interval: float = 0.5
+
+
+@dataclass
+class _Snapshot:
+    pools: list[sync_service_pb2.Pool]
+    hosts: list[sync_service_pb2.Host]
+    vms: list[sync_service_pb2.Vm]
+    revision: int
+    process: bool
+
+
+@dataclass
+class _Apply:
+    """A SetVmHaConfig to make after the transaction that decided it."""
+
+    row_id: int
+    vm_uuid: str
+    config: dm.HaConfig
+    repair_notice: dm.Notification | None = None
+
+
+@dataclass
+class _Work:
+    events: list[NewAction | NewNotification] = field(default_factory=list)
+    applies: list[_Apply] = field(default_factory=list)
+
+
+def _split_kinds(text: str) -> frozenset[dm.ActionKind]:
+    return frozenset(dm.ActionKind(k) for k in text.split(",") if k)
+
+
+def _config_key(config: dm.HaConfig | None) -> str:
+    return "" if config is None else f"{config.ha_restart_priority}|{config.order}|{config.start_delay}"
+
+
+def _config_from_key(text: str) -> dm.HaConfig | None:
+    if not text:
+        return None
+    priority, order, delay = text.split("|")
+    return dm.HaConfig(priority, int(order), int(delay))
+
+
+class Controller:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        sync: SyncClient,
+        bus: EventBus,
+        *,
+        clock: Callable[[], float] = time.time,
+        metrics: HaMetrics | None = None,
+        config: ControllerConfig | None = None,
+        is_active_replica: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.sessions = sessions
+        self.sync = sync
+        self.bus = bus
+        self.clock = clock
+        self.metrics = metrics or HaMetrics()
+        self.config = config or ControllerConfig()
+        self.is_active_replica = is_active_replica
+        self._queue: queue.Queue[object] = queue.Queue()
+        self._stop = threading.Event()
+        self._stream: WatchStream | None = None
+        self._stream_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        # The worker's view of the mirror.
+        self.pools: dict[str, sync_service_pb2.Pool] = {}
+        self.hosts: dict[str, sync_service_pb2.Host] = {}
+        self.host_since: dict[str, float | None] = {}
+        self.vms: dict[str, sync_service_pb2.Vm] = {}
+        self.vm_by_name: dict[tuple[str, str], str] = {}
+        self.processed_revision = 0
+        self._persisted_revision = 0
+        self._last_persist = 0.0
+        self.connected = threading.Event()
+        self.snapshots_taken = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self.sessions() as session:
+            state = session.get(ControllerStateRow, CONTROLLER_NAME)
+            self._persisted_revision = state.sync_revision if state is not None else 0
+        self.processed_revision = self._persisted_revision
+        for target, name in ((self._watch_loop, "ha-controller-watch"), (self._work_loop, "ha-controller-work")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._stream_lock:
+            if self._stream is not None:
+                self._stream.cancel()
+        self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+    def notify_decision(self, cluster_id: str, instance_name: str) -> None:
+        """A decision committed: apply it now if the VM is already in the mirror."""
+        self._queue.put(("decision", cluster_id, instance_name))
+
+    def tick_now(self) -> None:
+        self._queue.put(("tick",))
+
+    def wait_processed(self, timeout: float = 10.0) -> bool:
+        """Waits until the worker drained what was queued before this call (tests)."""
+        done = threading.Event()
+        self._queue.put(("barrier", done))
+        return done.wait(timeout)
+
+    # --- watcher thread ---------------------------------------------------------------------------------------
+
+    def _watch_loop(self) -> None:
+        backoff = self.config.reconnect_initial_backoff
+        since: int | None = None
+        first = True
+        while not self._stop.is_set():
+            try:
+                if since is None:
+                    pools, pools_revision = self.sync.list_pools()
+                    hosts, hosts_revision = self.sync.list_hosts()
+                    vms, vms_revision = self.sync.list_vms()
+                    listed = min(pools_revision, hosts_revision, vms_revision)
+                    newest = max(pools_revision, hosts_revision, vms_revision)
+                    resume = first and 0 < self._persisted_revision <= newest
+                    self._queue.put(_Snapshot(pools, hosts, vms, listed, process=not resume))
+                    since = self._persisted_revision if resume else listed
+                    first = False
+                stream = self.sync.watch(since, bookmark_interval=self.config.watch_bookmark_interval)
+                with self._stream_lock:
+                    if self._stop.is_set():
+                        stream.cancel()
+                        return
+                    self._stream = stream
+                self.connected.set()
+                self.metrics.controller_connected.set(1)
+                for item in stream:
+                    if self._stop.is_set():
+                        return
+                    backoff = self.config.reconnect_initial_backoff
+                    if item.HasField("change"):
+                        self._queue.put(item.change)
+                        since = max(since, item.change.revision)
+                    else:
+                        self._queue.put(("bookmark", item.bookmark.revision))
+                        since = max(since, item.bookmark.revision)
+            except SyncOutOfRangeError:
+                log.info("sync revision %s no longer retained; listing again", since)
+                since = None
+                continue
+            except SyncError as error:
+                if self._stop.is_set():
+                    return
+                log.warning("sync_service watch failed (%s); reconnecting in %.1fs", error, backoff)
+            except Exception:
+                log.exception("controller watcher failed; reconnecting")
+            finally:
+                self.connected.clear()
+                self.metrics.controller_connected.set(0)
+            if self._stop.wait(backoff):
+                return
+            backoff = min(backoff * 2, self.config.reconnect_max_backoff)
+
+    # --- worker thread ----------------------------------------------------------------------------------------
+
+    def _work_loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                item = None
+            if self._stop.is_set():
+                return
+            try:
+                if item is not None and self.is_active_replica():
+                    self._handle(item)
+                elif isinstance(item, tuple) and item[0] == "barrier":
+                    item[1].set()
+                if time.monotonic() >= next_tick or (isinstance(item, tuple) and item[0] == "tick"):
+                    if self.is_active_replica():
+                        self._tick()
+                    next_tick = time.monotonic() + self.config.tick_interval
+                if self._queue.empty():
+                    self._persist_revision(force=False)
+            except Exception:
+                log.exception("controller failed to process %r", type(item).__name__)
+
+    def _handle(self, item: object) -> None:
+        if isinstance(item, sync_service_pb2.Change):
+            self._on_change(item)
+        elif isinstance(item, _Snapshot):
+            self._on_snapshot(item)
+        elif isinstance(item, tuple):
+            if item[0] == "bookmark":
+                self.processed_revision = max(self.processed_revision, int(item[1]))
+                self._persist_revision(force=False)
+            elif item[0] == "decision":
+                self._on_decision(str(item[1]), str(item[2]))
+            elif item[0] == "barrier":
+                item[1].set()
+
+    def _persist_revision(self, *, force: bool) -> None:
+        if self.processed_revision == self._persisted_revision:
+            return
+        if not force and time.monotonic() - self._last_persist < self.config.revision_persist_interval:
+            return
+        revision, now = self.processed_revision, self.clock()
+
+        def transaction() -> None:
+            with write_transaction(self.sessions) as session:
+                state = session.get(ControllerStateRow, CONTROLLER_NAME)
+                if state is None:
+                    session.add(ControllerStateRow(name=CONTROLLER_NAME, sync_revision=revision, update_time=now))
+                else:
+                    state.sync_revision = revision
+                    state.update_time = now
+
+        retry_transient(transaction)
+        self._persisted_revision = revision
+        self._last_persist = time.monotonic()
+        self.metrics.controller_revision.set(revision)
+
+    # --- mirror caches ----------------------------------------------------------------------------------------
+
+    def _cache_vm(self, vm: sync_service_pb2.Vm, removed: bool) -> bool:
+        """Updates the VM cache; False when the change is older than what the cache holds."""
+        known = self.vms.get(vm.uuid)
+        if known is not None and vm.revision and known.revision > vm.revision:
+            return False
+        if removed:
+            self.vms.pop(vm.uuid, None)
+            if self.vm_by_name.get((vm.cluster_id, vm.name)) == vm.uuid:
+                del self.vm_by_name[(vm.cluster_id, vm.name)]
+        else:
+            if known is not None and (known.cluster_id, known.name) != (vm.cluster_id, vm.name):
+                self.vm_by_name.pop((known.cluster_id, known.name), None)
+            self.vms[vm.uuid] = vm
+            self.vm_by_name[(vm.cluster_id, vm.name)] = vm.uuid
+        return True
+
+    def _host_views(self) -> dict[str, dm.HostView]:
+        return {uuid: dm.HostView(host.live, self.host_since.get(uuid)) for uuid, host in self.hosts.items()}
+
+    def _cache_host(self, host: sync_service_pb2.Host, removed: bool) -> bool | None:
+        """Updates the host cache; the new liveness when it changed, else None."""
+        known = self.hosts.get(host.uuid)
+        if known is not None and host.revision and known.revision > host.revision:
+            return None
+        if removed or host.removed:
+            self.hosts.pop(host.uuid, None)
+            return None
+        self.hosts[host.uuid] = host
+        if known is None:
+            self.host_since.setdefault(host.uuid, None)
+            return None if host.live else False
+        if known.live != host.live:
+            self.host_since[host.uuid] = self.clock()
+            return host.live
+        return None
+
+    # --- events from the stream -------------------------------------------------------------------------------
+
+    def _on_snapshot(self, snapshot: _Snapshot) -> None:
+        self.snapshots_taken += 1
+        self.pools = {p.cluster_id: p for p in snapshot.pools}
+        for host in snapshot.hosts:
+            self._cache_host(host, False)
+        listed = {vm.uuid for vm in snapshot.vms}
+        for vm in snapshot.vms:
+            self._cache_vm(vm, vm.removed)
+        for uuid in [u for u in self.vms if u not in listed]:
+            self._cache_vm(self.vms[uuid], True)
+        if snapshot.process:
+            for vm in snapshot.vms:
+                self._observe_vm(vm, removed=vm.removed)
+            # Managed VMs that vanished while nobody watched.
+            with self.sessions() as session:
+                gone = [
+                    (row.cluster_id, row.instance_name, row.vm_uuid)
+                    for row in session.execute(
+                        select(ManagedVmRow).where(ManagedVmRow.present.is_(True), ManagedVmRow.vm_uuid.is_not(None))
+                    ).scalars()
+                    if row.vm_uuid not in listed
+                ]
+            for cluster_id, name, gone_uuid in gone:
+                if gone_uuid is not None:
+                    vanished = sync_service_pb2.Vm(uuid=gone_uuid, name=name, cluster_id=cluster_id)
+                    self._observe_vm(vanished, removed=True)
+            self.processed_revision = snapshot.revision
+        else:
+            # Resuming: the watch from the persisted revision replays what happened meanwhile.
+            pass
+        for cluster_id in self.pools:
+            self._check_fencing(cluster_id)
+
+    def _on_change(self, change: sync_service_pb2.Change) -> None:
+        removed = change.type == sync_service_pb2.CHANGE_TYPE_REMOVED
+        if change.HasField("vm"):
+            self._cache_vm(change.vm, removed or change.vm.removed)
+            self._observe_vm(change.vm, removed=removed or change.vm.removed)
+        elif change.HasField("host"):
+            liveness = self._cache_host(change.host, removed)
+            if liveness is False:
+                self._on_host_died(change.host)
+        elif change.HasField("pool"):
+            if removed:
+                self.pools.pop(change.pool.cluster_id, None)
+            else:
+                self.pools[change.pool.cluster_id] = change.pool
+            self._check_fencing(change.pool.cluster_id or change.cluster_id)
+        self.processed_revision = max(self.processed_revision, change.revision)
+        if change.HasField("commit_time"):
+            self.metrics.controller_lag.set(max(0.0, time.time() - cv.timestamp_seconds(change.commit_time)))
+
+    def _on_decision(self, cluster_id: str, instance_name: str) -> None:
+        uuid = self.vm_by_name.get((cluster_id, instance_name))
+        if uuid is not None and uuid in self.vms:
+            self._observe_vm(self.vms[uuid], removed=False)
+
+    def _on_host_died(self, host: sync_service_pb2.Host) -> None:
+        with self.sessions() as session:
+            ids = list(
+                session.execute(
+                    select(ManagedVmRow.id).where(
+                        ManagedVmRow.ever_present.is_(True),
+                        or_(
+                            ManagedVmRow.observed_host_uuid == host.uuid,
+                            ManagedVmRow.last_running_host_uuid == host.uuid,
+                        ),
+                    )
+                ).scalars()
+            )
+        for row_id in ids:
+            self._run(partial(self._reconcile_again, row_id=row_id))
+
+    # --- reconcile --------------------------------------------------------------------------------------------
+
+    def _run(self, work: Callable[[Session], _Work]) -> None:
+        """One transaction of `work`, its events published, then its SetVmHaConfig calls."""
+
+        def transaction() -> tuple[_Work, list[ha_service_pb2.HaEvent]]:
+            with write_transaction(self.sessions) as session:
+                done = work(session)
+                events = append_events(session, done.events, self.clock()) if done.events else []
+                return done, events
+
+        done, events = retry_transient(transaction)
+        self._published(events)
+        for apply in done.applies:
+            self._apply(apply)
+
+    def _published(self, events: Sequence[ha_service_pb2.HaEvent]) -> None:
+        if not events:
+            return
+        for event in events:
+            if event.HasField("action"):
+                self.metrics.actions.labels(kind=ha_service_pb2.HaActionKind.Name(event.action.kind)).inc()
+            else:
+                kind = ha_service_pb2.HaNotificationKind.Name(event.notification.kind)
+                self.metrics.notifications.labels(kind=kind).inc()
+        self.bus.publish(events[-1].revision)
+
+    def _observe_vm(self, vm: sync_service_pb2.Vm, *, removed: bool) -> None:
+        self._run(lambda session: self._observe_in(session, vm, removed))
+
+    def _observe_in(self, session: Session, vm: sync_service_pb2.Vm, removed: bool) -> _Work:
+        row = session.execute(
+            select(ManagedVmRow).where(ManagedVmRow.vm_uuid == vm.uuid).with_for_update()
+        ).scalar_one_or_none()
+        if row is None and not removed:
+            candidate = session.execute(
+                select(ManagedVmRow)
+                .where(ManagedVmRow.cluster_id == vm.cluster_id, ManagedVmRow.instance_name == vm.name)
+                .with_for_update()
+            ).scalar_one_or_none()
+            # Bind by name a VM decided before it existed, or re-bind one whose old VM is gone.
+            if candidate is not None and (candidate.vm_uuid is None or not candidate.present):
+                row = candidate
+                if row.vm_uuid != vm.uuid:
+                    row.vm_uuid = vm.uuid
+                    row.observed_revision = 0
+        if row is None:
+            return _Work()
+        if vm.revision and vm.revision <= row.observed_revision:
+            return _Work()
+        if removed and not row.ever_present:
+            return _Work()
+        now = self.clock()
+        power = cv.XAPI_POWER_TO_NAME.get(vm.xapi_power_state)
+        observation = dm.VmObservation(
+            at=now,
+            present=not removed,
+            power_state=dm.XapiPowerState.parse(power) if power and not removed else None,
+            resident_host=(vm.resident_host_uuid or None) if not removed else None,
+            ha=None if removed else dm.HaConfig(vm.ha_restart_priority, vm.order, vm.start_delay_seconds),
+        )
+        if vm.revision:
+            row.observed_revision = vm.revision
+        return self._reconcile(session, row, observation, now)
+
+    def _reconcile_again(self, session: Session, row_id: int) -> _Work:
+        row = session.execute(select(ManagedVmRow).where(ManagedVmRow.id == row_id).with_for_update()).scalar_one()
+        now = self.clock()
+        return self._reconcile(session, row, self._last_observation(row, now), now)
+
+    @staticmethod
+    def _last_observation(row: ManagedVmRow, now: float) -> dm.VmObservation:
+        return dm.VmObservation(
+            at=now,
+            present=row.present,
+            power_state=dm.XapiPowerState.parse(row.observed_power_state) if row.observed_power_state else None,
+            resident_host=row.observed_host_uuid or None,
+            ha=dm.HaConfig(row.observed_priority, row.observed_order, row.observed_start_delay_s)
+            if row.present
+            else None,
+        )
+
+    def _settings(self, session: Session) -> HaSettings:
+        return load_settings(session)[0]
+
+    def _reconcile(self, session: Session, row: ManagedVmRow, observation: dm.VmObservation, now: float) -> _Work:
+        settings = self._settings(session)
+        work = _Work()
+        was_running = row.was_running
+        wanted = (
+            dm.WantedState.STOPPED_ON_PURPOSE
+            if row.wanted_state == "STOPPED"
+            else dm.WantedState.RUNNING
+            if row.wanted_state == "RUNNING" and was_running
+            else dm.WantedState.UNKNOWN
+        )
+        decided = dm.HaConfig(row.ha_restart_priority, row.ha_order, row.start_delay_s)
+        refusal = (
+            unprotected_reason_for_error(row.unprotected_reason.split(":", 1)[0])
+            if row.protection_state == "UNPROTECTED"
+            else None
+        )
+        vm = dm.ManagedVm(
+            vm_uuid=row.vm_uuid or "",
+            cluster_id=row.cluster_id,
+            vm_type=dm.VmType(row.vm_type),
+            ha_enabled=row.offering_ha_enabled,
+            mode=dm.HaMode(row.mode),
+            wanted=wanted,
+            decided=decided,
+            redundant_router=row.redundant_router,
+            unprotected_reason=refusal,
+        )
+        memory = dm.VmMemory(
+            last=self._last_observation(row, row.observed_since or now) if row.ever_present else None,
+            last_running_host=row.last_running_host_uuid or None,
+            down_since=row.down_since,
+            host_failed=row.host_failed,
+            actions_requested=_split_kinds(row.actions_requested),
+            overdue_notified=row.overdue_notified,
+            drift_reported=_config_from_key(row.drift_reported),
+        )
+        pending = [
+            dm.PendingAction(dm.ActionKind(kind), dm.ActionCause.HALTED)
+            for kind in session.execute(
+                select(HaEventRow.kind).where(
+                    HaEventRow.category == ACTION,
+                    HaEventRow.action_state == PENDING,
+                    HaEventRow.cluster_id == row.cluster_id,
+                    HaEventRow.instance_name == row.instance_name,
+                )
+            ).scalars()
+        ]
+        agent = (
+            dm.AgentState(dm.AgentStatus(row.agent_status), row.agent_status_time)
+            if row.agent_status and row.agent_status_time is not None
+            else None
+        )
+        result = reconcile_vm(
+            dm.ReconcileInput(
+                vm=vm,
+                current=observation,
+                now=now,
+                memory=memory,
+                hosts=self._host_views(),
+                agent=agent,
+                pending_actions=tuple(pending),
+                grace=dm.GracePeriods(
+                    ha_restart_overdue_seconds=settings.restart_overdue_grace,
+                    agent_disconnected_seconds=settings.agent_disconnected_grace,
+                ),
+                drift_repair_enabled=settings.drift_repair_enabled,
+            )
+        )
+        vm_type = cv.VM_TYPE_TO_PROTO[dm.VmType(row.vm_type)]
+        for action in result.actions:
+            work.events.append(
+                NewAction(
+                    kind=str(action.kind),
+                    cluster_id=row.cluster_id,
+                    instance_name=row.instance_name,
+                    vm_uuid=row.vm_uuid or "",
+                    vm_type=vm_type,
+                    message=action.message.replace(action.vm_uuid, f"{row.instance_name} ({action.vm_uuid})", 1),
+                    cause=_CAUSE_TO_PROTO.get(action.cause, ha_service_pb2.RESTART_CAUSE_UNSPECIFIED),
+                    host_uuid=action.host_uuid or "",
+                )
+            )
+        for notice in result.notifications:
+            work.events.append(self._notification(row, notice))
+        # Persist the observation and the memory.
+        mem = result.memory
+        if observation.present:
+            row.ever_present = True
+        row.present = observation.present
+        row.observed_power_state = str(observation.power_state) if observation.power_state else ""
+        row.observed_host_uuid = observation.resident_host or ""
+        if observation.ha is not None:
+            row.observed_priority = observation.ha.ha_restart_priority
+            row.observed_order = observation.ha.order
+            row.observed_start_delay_s = observation.ha.start_delay
+        row.observed_since = observation.at
+        if observation.present and observation.power_state is dm.XapiPowerState.Running:
+            row.was_running = True
+        elif wanted is dm.WantedState.STOPPED_ON_PURPOSE and observation.power_state is dm.XapiPowerState.Halted:
+            row.was_running = False  # deployed-but-stopped again: its next Halted is not an outage
+        row.last_running_host_uuid = mem.last_running_host or ""
+        row.down_since = mem.down_since
+        row.host_failed = mem.host_failed
+        row.actions_requested = ",".join(sorted(str(k) for k in mem.actions_requested))
+        row.overdue_notified = mem.overdue_notified
+        row.update_time = now
+        # Config sync: first application, retries of refused writes, drift (R5, R11).
+        if observation.present and observation.ha is not None:
+            mismatch = ha_config_drift(decided, observation.ha)
+            if mismatch is None:
+                self._mark_confirmed(row)
+            elif not row.config_confirmed or row.protection_state == "UNPROTECTED":
+                due = row.next_protection_attempt is None or row.next_protection_attempt <= now
+                if due and (row.protection_state != "UNPROTECTED" or row.next_protection_attempt is not None):
+                    row.next_protection_attempt = now + settings.unprotected_retry_interval
+                    work.applies.append(_Apply(row.id, row.vm_uuid or "", decided))
+                row.drift_reported = ""
+            elif result.drift is not None:
+                row.drift_reported = _config_key(mem.drift_reported)
+                if result.drift.response is dm.DriftResponse.REPAIR:
+                    work.applies.append(_Apply(row.id, row.vm_uuid or "", decided, result.drift.notification))
+                else:
+                    work.events.append(self._notification(row, result.drift.notification))
+            else:
+                row.drift_reported = _config_key(mem.drift_reported)
+        return work
+
+    @staticmethod
+    def _mark_confirmed(row: ManagedVmRow) -> None:
+        row.config_confirmed = True
+        row.drift_reported = ""
+        row.protection_attempts = 0
+        row.next_protection_attempt = None
+        row.unprotected_reason = ""
+        row.protection_state = "PROTECTED" if row.ha_restart_priority == dm.RESTART_PRIORITY else "NOT_APPLICABLE"
+
+    @staticmethod
+    def _notification(row: ManagedVmRow, notice: dm.Notification) -> NewNotification:
+        message = notice.message
+        if row.vm_uuid:
+            message = message.replace(row.vm_uuid, f"{row.instance_name} ({row.vm_uuid})", 1)
+        return NewNotification(
+            kind=str(notice.kind),
+            cluster_id=row.cluster_id,
+            message=message,
+            instance_name=row.instance_name,
+            vm_uuid=row.vm_uuid or "",
+            old_host_uuid=notice.old_host_uuid or "",
+            new_host_uuid=notice.new_host_uuid or "",
+            downtime_seconds=notice.downtime_seconds,
+        )
+
+    # --- HA config writes -------------------------------------------------------------------------------------
+
+    def _apply(self, apply: _Apply) -> None:
+        try:
+            vm = self.sync.set_vm_ha_config(
+                apply.vm_uuid, apply.config.ha_restart_priority, apply.config.order, apply.config.start_delay
+            )
+        except XapiRefusedError as refusal:
+            self.metrics.ha_config_writes.labels(outcome="refused").inc()
+            self._run(partial(self._after_refusal, apply=apply, refusal=refusal))
+            return
+        except SyncError as error:
+            self.metrics.ha_config_writes.labels(outcome="error").inc()
+            log.warning("SetVmHaConfig(%s) failed, retried later: %s", apply.vm_uuid, error)
+            return
+        self.metrics.ha_config_writes.labels(outcome="ok").inc()
+        self._cache_vm(vm, False)
+        self._run(lambda session: self._after_write(session, apply, vm))
+
+    def _after_write(self, session: Session, apply: _Apply, vm: sync_service_pb2.Vm) -> _Work:
+        row = session.execute(
+            select(ManagedVmRow).where(ManagedVmRow.id == apply.row_id).with_for_update()
+        ).scalar_one_or_none()
+        work = _Work()
+        if row is None or row.vm_uuid != apply.vm_uuid:
+            return work
+        observed = dm.HaConfig(vm.ha_restart_priority, vm.order, vm.start_delay_seconds)
+        if not vm.revision or vm.revision > row.observed_revision:
+            row.observed_priority = observed.ha_restart_priority
+            row.observed_order = observed.order
+            row.observed_start_delay_s = observed.start_delay
+        decided = dm.HaConfig(row.ha_restart_priority, row.ha_order, row.start_delay_s)
+        if ha_config_drift(decided, observed) is None:
+            self._mark_confirmed(row)
+            if apply.repair_notice is not None:
+                work.events.append(self._notification(row, apply.repair_notice))
+        return work
+
+    def _after_refusal(self, session: Session, apply: _Apply, refusal: XapiRefusedError) -> _Work:
+        row = session.execute(
+            select(ManagedVmRow).where(ManagedVmRow.id == apply.row_id).with_for_update()
+        ).scalar_one_or_none()
+        work = _Work()
+        if row is None or row.vm_uuid != apply.vm_uuid:
+            return work
+        settings = self._settings(session)
+        now = self.clock()
+        newly = row.protection_state != "UNPROTECTED"
+        row.protection_attempts += 1
+        row.next_protection_attempt = now + settings.unprotected_retry_interval
+        row.drift_reported = ""
+        if row.ha_restart_priority == dm.RESTART_PRIORITY:
+            row.protection_state = "UNPROTECTED"
+            row.unprotected_reason = f"{refusal.xapi_code}: {refusal}"
+            if newly:
+                work.events.append(
+                    NewNotification(
+                        kind="VM_UNPROTECTED",
+                        cluster_id=row.cluster_id,
+                        message=f"XAPI refused ha_restart_priority=restart for {row.instance_name} ({row.vm_uuid}): "
+                        f"{refusal.xapi_code}. The VM runs unprotected; ha_service retries every "
+                        f"{settings.unprotected_retry_interval:g} s. Add capacity or fix the pool's failover plan.",
+                        instance_name=row.instance_name,
+                        vm_uuid=row.vm_uuid or "",
+                    )
+                )
+        else:
+            log.warning("XAPI refused HA config %s for %s: %s", apply.config, row.instance_name, refusal)
+        return work
+
+    # --- periodic tick ----------------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = self.clock()
+        with self.sessions() as session:
+            timed = list(
+                session.execute(
+                    select(ManagedVmRow.id).where(
+                        ManagedVmRow.ever_present.is_(True),
+                        or_(ManagedVmRow.down_since.is_not(None), ManagedVmRow.agent_status == "Disconnected"),
+                    )
+                ).scalars()
+            )
+            retries = list(
+                session.execute(
+                    select(ManagedVmRow.id).where(
+                        ManagedVmRow.present.is_(True),
+                        ManagedVmRow.protection_state.in_(("UNPROTECTED", "PENDING")),
+                        or_(
+                            ManagedVmRow.next_protection_attempt.is_(None),
+                            ManagedVmRow.next_protection_attempt <= now,
+                        ),
+                    )
+                ).scalars()
+            )
+            retries += list(
+                session.execute(
+                    select(ManagedVmRow.id).where(
+                        ManagedVmRow.present.is_(True),
+                        ManagedVmRow.config_confirmed.is_(False),
+                        ManagedVmRow.protection_state == "NOT_APPLICABLE",
+                        or_(
+                            ManagedVmRow.next_protection_attempt.is_(None),
+                            ManagedVmRow.next_protection_attempt <= now,
+                        ),
+                    )
+                ).scalars()
+            )
+            unbound = list(
+                session.execute(
+                    select(ManagedVmRow.cluster_id, ManagedVmRow.instance_name).where(
+                        ManagedVmRow.ever_present.is_(False)
+                    )
+                ).all()
+            )
+        for row_id in dict.fromkeys(timed + retries):
+            self._run(partial(self._reconcile_again, row_id=row_id))
+        for cluster_id, name in unbound:
+            self._on_decision(cluster_id, name)
+        for cluster_id in list(self.pools):
+            self._check_fencing(cluster_id)
+        self._prune()
+
+    def _check_fencing(self, cluster_id: str) -> None:
+        """POOL_UNFENCED once when a NATIVE cluster's pool HA is off; re-armed when it is fenced again."""
+        pool = self.pools.get(cluster_id)
+        if pool is None or not cv.pool_synced(pool):
+            return
+        self._run(lambda session: self._check_fencing_in(session, cluster_id, pool))
+
+    def _check_fencing_in(self, session: Session, cluster_id: str, pool: sync_service_pb2.Pool) -> _Work:
+        settings, overrides, _ = load_settings(session)
+        pin = load_pins(session).get(cluster_id)
+        override = overrides.get(cluster_id)
+        resolution = effective_mode(
+            native_ha_supported(cv.version_facts(pool.version)),
+            dm.HaMode(pin.mode) if pin is not None else None,
+            None if override is None else (dm.HaMode.NATIVE if override else dm.HaMode.CLOUDSTACK),
+            settings.native_ha_enabled,
+        )
+        unfenced = resolution.mode is dm.HaMode.NATIVE and not pool.ha.ha_enabled
+        state = session.get(ClusterStateRow, cluster_id)
+        notified = state is not None and state.unfenced_notified
+        work = _Work()
+        if unfenced == notified:
+            return work
+        now = self.clock()
+        if state is None:
+            state = ClusterStateRow(cluster_id=cluster_id, unfenced_notified=unfenced, update_time=now)
+            session.add(state)
+        state.unfenced_notified = unfenced
+        state.update_time = now
+        if unfenced:
+            work.events.append(
+                NewNotification(
+                    kind="POOL_UNFENCED",
+                    cluster_id=cluster_id,
+                    message=f"Cluster {cluster_id} is NATIVE but its pool HA is off: no mechanism fences its hosts "
+                    "(the storage heartbeat is retired in NATIVE mode). Enable pool HA "
+                    "(xe pool-ha-enable heartbeat-sr-uuids=<shared SR>).",
+                )
+            )
+        return work
+
+    def _prune(self) -> None:
+        """Keeps the newest `event_retention` events (and every pending action); raises the floor."""
+        with self.sessions() as session:
+            current = counter_value(session, EVENT_REVISION_COUNTER)
+            floor = counter_value(session, EVENT_FLOOR_COUNTER)
+        cutoff = current - self.config.event_retention
+        if cutoff <= floor:
+            return
+
+        def transaction() -> None:
+            with write_transaction(self.sessions) as session:
+                session.execute(
+                    delete(HaEventRow).where(
+                        HaEventRow.revision <= cutoff,
+                        or_(HaEventRow.action_state.is_(None), HaEventRow.action_state != PENDING),
+                    )
+                )
+                session.execute(update(CounterRow).where(CounterRow.name == EVENT_FLOOR_COUNTER).values(value=cutoff))
+
+        retry_transient(transaction)
+
+
+__all__ = ["Controller", "ControllerConfig"]
+
+# Referenced for type checkers only.
+_ = common_pb2

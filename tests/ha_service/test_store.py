@@ -1,0 +1,65 @@
+"""Schema migrations and race-free pinning on every backend."""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+
+from ha_service.store.models import VERSION_TABLE
+from ha_service.testing import RunningHaService
+from tests.ha_service.fake_sync import FakeSync
+from tests.ha_service.test_settings_decisions import decide, set_global
+from xsha_api.v1 import ha_service_pb2
+from xsha_common.db import create_engine_for, current_revision, downgrade_to_base, head_revision, upgrade_to_head
+
+
+def test_upgrade_and_downgrade(db_url: str) -> None:
+    upgrade_to_head("ha_service", db_url, VERSION_TABLE)
+    assert current_revision(db_url, VERSION_TABLE) == head_revision("ha_service")
+    engine = create_engine_for(db_url)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+        assert {"ha_settings", "ha_cluster_pins", "ha_managed_vms", "ha_events", "ha_counters"} <= tables
+        downgrade_to_base("ha_service", db_url, VERSION_TABLE)
+        engine.dispose()
+        left = {t for t in sa.inspect(engine).get_table_names() if t.startswith("ha_")}
+        assert left == set()
+    finally:
+        engine.dispose()
+
+
+def test_concurrent_decisions_never_pin_two_modes(ha: RunningHaService, fake_sync: FakeSync) -> None:
+    """Many first HA VMs of one cluster decided at once while the global setting flips: one mode wins for all."""
+    fake_sync.add_pool("race", "ch82")
+    set_global(ha, True)
+    results: list[ha_service_pb2.VmDeploymentDecision] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(13)
+
+    def deployer(index: int) -> None:
+        start.wait()
+        try:
+            results.append(decide(ha, "race", f"i-9-{index}-VM"))
+        except BaseException as error:
+            errors.append(error)
+
+    def flipper() -> None:
+        start.wait()
+        try:
+            set_global(ha, False, apply_to_unpinned_only=True)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=deployer, args=(i,)) for i in range(12)] + [threading.Thread(target=flipper)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert len(results) == 12
+    modes = {r.mode for r in results}
+    assert len(modes) == 1
+    assert sum(r.pinned_cluster for r in results) == 1
+    status = ha.stub().GetClusterHaStatus(ha_service_pb2.GetClusterHaStatusRequest(cluster_id="race")).status
+    assert status.pinned and status.pinned_mode in modes

@@ -499,6 +499,29 @@ def server_settings_group(default_listen_address: str, default_metrics_address: 
     return SettingGroup("gRPC server", settings, (_check_tls_files, _check_auth, _check_distinct_ports))
 
 
+def database_settings_group(default_database_url: str) -> SettingGroup:
+    """The database settings every service has: where its tables live and whether start-up migrates them."""
+    return SettingGroup(
+        "Database",
+        (
+            Setting(
+                "database_url",
+                str,
+                default_database_url,
+                "SQLAlchemy URL: sqlite:///PATH, mysql+pymysql://USER:PASSWORD@HOST/DB or "
+                "postgresql+psycopg://USER:PASSWORD@HOST/DB. The password is redacted from logs.",
+            ),
+            Setting(
+                "database_auto_upgrade",
+                bool,
+                None,
+                "Apply pending schema migrations at start-up (default: yes on SQLite, no on MariaDB/PostgreSQL, "
+                "where the operator runs them once before rolling out replicas).",
+            ),
+        ),
+    )
+
+
 def logging_settings_group() -> SettingGroup:
     return SettingGroup(
         "Logging",

@@ -40,6 +40,8 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from xsha_common.logging import register_secret
+
 __all__ = [
     "NAMING_CONVENTION",
     "Backend",
@@ -57,6 +59,7 @@ __all__ = [
     "make_metadata",
     "make_sessionmaker",
     "normalize_url",
+    "prepare_sqlite_directory",
     "retry_transient",
     "run_migrations_online",
     "upgrade_to_head",
@@ -166,6 +169,8 @@ def create_engine_for(
     cable turns into a transient error. ``sqlite_busy_timeout_ms`` is how long a SQLite writer waits for the lock.
     """
     parsed = normalize_url(url)
+    if parsed.password:
+        register_secret(str(parsed.password))  # a driver error or a log line may quote the URL
     backend = backend_of(parsed)
     pool_args: dict[str, Any] = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout}
     if backend == "sqlite":
@@ -226,6 +231,13 @@ def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
     def on_begin(connection: Connection) -> None:
         mode = connection.get_execution_options().get(_SQLITE_BEGIN_OPTION, "DEFERRED")
         connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+def prepare_sqlite_directory(url: str | URL) -> None:
+    """Creates the directory of a SQLite file (the embedded default keeps it under ./var/, absent on a clone)."""
+    normalized = normalize_url(url)
+    if backend_of(normalized) == "sqlite" and normalized.database:
+        Path(normalized.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ha_service.app import HaService, HaServiceOptions
 from ha_service.controller import ControllerConfig
+from ha_service.mode_migration import MigrationConfig
 from ha_service.settings import DRIFT_REPAIR_MODES, HaSettings
 from ha_service.sync_client import SyncClientConfig
 from xsha_common.config import (
@@ -15,12 +16,14 @@ from xsha_common.config import (
     ConfigSchema,
     Setting,
     SettingGroup,
+    database_settings_group,
     host_port,
     in_range,
     load_config_or_exit,
     logging_settings_group,
     server_settings_group,
 )
+from xsha_common.db import prepare_sqlite_directory
 from xsha_common.logging import setup_logging
 from xsha_common.server import ServerSettings
 
@@ -31,13 +34,10 @@ SCHEMA = ConfigSchema(
     (
         server_settings_group("127.0.0.1:50052", "127.0.0.1:9102"),
         logging_settings_group(),
+        database_settings_group("sqlite:///var/ha_service.sqlite"),
         SettingGroup(
             "ha_service",
             (
-                Setting("db_url", str, "sqlite:///var/ha_service.sqlite",
-                        "Database URL: sqlite:///PATH, mysql+pymysql://... or postgresql+psycopg://..."),
-                Setting("db_auto_upgrade", str, "auto", "Upgrade the schema at start: auto (SQLite only), yes, no.",
-                        choices=("auto", "yes", "no")),
                 Setting("sync_address", str, "127.0.0.1:50051", "sync_service gRPC address, host:port.",
                         validator=host_port),
                 Setting("sync_token", str, None, "Bearer token for sync_service.", secret=True),
@@ -52,6 +52,9 @@ SCHEMA = ConfigSchema(
                         validator=in_range(0.05, 60)),
                 Setting("event_retention", int, 100_000, "HA events kept (pending actions are always kept).",
                         validator=in_range(100, 100_000_000)),
+                Setting("migration_lease_seconds", float, 60.0,
+                        "How long an apply of a migration holds its cluster without progress (a crashed apply "
+                        "blocks the cluster that long).", validator=in_range(1, 3600)),
                 Setting("default_native_ha_enabled", bool, False,
                         "xenserver.native.ha.enabled on a fresh database (then managed with UpdateSettings)."),
                 Setting("default_drift_repair_mode", str, "REPAIR", "Drift repair on a fresh database.",
@@ -70,10 +73,9 @@ SCHEMA = ConfigSchema(
 
 def options_from(argv: Sequence[str] | None = None) -> tuple[HaServiceOptions, str, str]:
     config = load_config_or_exit(SCHEMA, argv)
-    upgrade = {"auto": None, "yes": True, "no": False}[config.db_auto_upgrade]
-    db_url: str = config.db_url
-    if db_url.startswith("sqlite:///") and not db_url.startswith("sqlite:////"):
-        Path(db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    upgrade: bool | None = config.database_auto_upgrade
+    db_url: str = config.database_url
+    prepare_sqlite_directory(db_url)
     options = HaServiceOptions(
         db_url=db_url,
         sync=SyncClientConfig(
@@ -98,6 +100,7 @@ def options_from(argv: Sequence[str] | None = None) -> tuple[HaServiceOptions, s
             unprotected_retry_interval=config.default_unprotected_retry_interval,
         ),
         auto_upgrade=upgrade,
+        migration=MigrationConfig(lease_seconds=config.migration_lease_seconds),
     )
     return options, config.log_level, config.log_format
 

@@ -17,6 +17,8 @@ from ha_service.controller import Controller, ControllerConfig
 from ha_service.events import EventBus
 from ha_service.handlers import Handlers, ensure_settings_row
 from ha_service.metrics import HaMetrics
+from ha_service.migration_handlers import MigrationHandlers
+from ha_service.mode_migration import MigrationConfig
 from ha_service.servicer import SERVICE_NAME, HaPolicyServicer
 from ha_service.settings import HaSettings
 from ha_service.store.models import VERSION_TABLE
@@ -40,6 +42,7 @@ class HaServiceOptions:
     auto_upgrade: bool | None = None  # None: upgrade automatically on SQLite only
     bookmark_interval: float = 5.0
     db_pool_size: int = 10
+    migration: MigrationConfig = field(default_factory=MigrationConfig)
 
 
 class HaService:
@@ -70,7 +73,8 @@ class HaService:
             bookmark_interval_default=options.bookmark_interval,
             on_decision=self.controller.notify_decision if self.controller else (lambda cluster, name: None),
         )
-        self.servicer = HaPolicyServicer(self.handlers)
+        self.migrations = MigrationHandlers(self.sessions, self.sync, clock, options.migration)
+        self.servicer = HaPolicyServicer(self.handlers, self.migrations)
         self.server: ServiceServer = build_server(
             [
                 ServiceRegistration(

@@ -39,6 +39,7 @@ from ha_service.events import (
 )
 from ha_service.handlers import load_pins, load_settings
 from ha_service.metrics import HaMetrics
+from ha_service.mode_migration import cluster_migrating
 from ha_service.settings import HaSettings
 from ha_service.store.models import (
     CONTROLLER_NAME,
@@ -547,6 +548,8 @@ class Controller:
             if row.agent_status and row.agent_status_time is not None
             else None
         )
+        # R8: while the cluster migrates, each VM is owned by its actual config and nothing is "repaired".
+        migrating = cluster_migrating(session, row.cluster_id)
         result = reconcile_vm(
             dm.ReconcileInput(
                 vm=vm,
@@ -561,6 +564,7 @@ class Controller:
                     agent_disconnected_seconds=settings.agent_disconnected_grace,
                 ),
                 drift_repair_enabled=settings.drift_repair_enabled,
+                cluster_migrating=migrating,
             )
         )
         vm_type = cv.VM_TYPE_TO_PROTO[dm.VmType(row.vm_type)]
@@ -606,6 +610,8 @@ class Controller:
             mismatch = ha_config_drift(decided, observation.ha)
             if mismatch is None:
                 self._mark_confirmed(row)
+            elif migrating:
+                pass  # the migration writes this VM's config; its decision follows when the step commits
             elif not row.config_confirmed or row.protection_state == "UNPROTECTED":
                 due = row.next_protection_attempt is None or row.next_protection_attempt <= now
                 if due and (row.protection_state != "UNPROTECTED" or row.next_protection_attempt is not None):

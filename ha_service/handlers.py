@@ -37,6 +37,7 @@ from ha_service.store.models import (
     ClusterPinRow,
     HaEventRow,
     ManagedVmRow,
+    MigrationRow,
     RequestRow,
     SettingsRow,
 )
@@ -738,6 +739,12 @@ class Handlers:
             pinned_mode=pinned_value,
             pool_synced=view.synced,
         )
+        active = session.execute(  # R8: the migration being applied on this cluster, if any
+            select(MigrationRow.migration_id)
+            .where(MigrationRow.cluster_id == cluster_id, MigrationRow.state == "APPLYING")
+            .limit(1)
+        ).scalar_one_or_none()
+        status.active_migration_id = active or ""
         if pin is not None:
             status.pin_time.CopyFrom(cv.stamp(pin.pin_time))
         if version is not None:

@@ -1,6 +1,6 @@
 """HaPolicyService over gRPC: a thin layer over `Handlers` (validation, data plane and errors live there).
 
-Migration RPCs belong to a later issue: they answer UNIMPLEMENTED (reason MIGRATIONS_NOT_IMPLEMENTED).
+Migration RPCs go to `MigrationHandlers` (R8); without them they answer UNIMPLEMENTED (MIGRATIONS_NOT_IMPLEMENTED).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import grpc
 
 from ha_service.handlers import Handlers
+from ha_service.migration_handlers import MigrationHandlers
 from xsha_api.v1 import ha_service_pb2, ha_service_pb2_grpc
 from xsha_common.errors import ServiceError
 
@@ -26,8 +27,14 @@ def _migrations_unimplemented() -> ServiceError:
 
 
 class HaPolicyServicer(ha_service_pb2_grpc.HaPolicyServiceServicer):
-    def __init__(self, handlers: Handlers) -> None:
+    def __init__(self, handlers: Handlers, migrations: MigrationHandlers | None = None) -> None:
         self.handlers = handlers
+        self.migrations = migrations
+
+    def _migration_handlers(self) -> MigrationHandlers:
+        if self.migrations is None:
+            raise _migrations_unimplemented()
+        return self.migrations
 
     def GetSettings(  # noqa: N802
         self, request: ha_service_pb2.GetSettingsRequest, context: grpc.ServicerContext
@@ -97,19 +104,19 @@ class HaPolicyServicer(ha_service_pb2_grpc.HaPolicyServiceServicer):
     def PlanMigration(  # noqa: N802
         self, request: ha_service_pb2.PlanMigrationRequest, context: grpc.ServicerContext
     ) -> ha_service_pb2.PlanMigrationResponse:
-        raise _migrations_unimplemented()
+        return self._migration_handlers().plan_migration(request)
 
     def ApplyMigration(  # noqa: N802
         self, request: ha_service_pb2.ApplyMigrationRequest, context: grpc.ServicerContext
     ) -> Iterator[ha_service_pb2.ApplyMigrationResponse]:
-        raise _migrations_unimplemented()
+        return self._migration_handlers().apply_migration(request)
 
     def GetMigration(  # noqa: N802
         self, request: ha_service_pb2.GetMigrationRequest, context: grpc.ServicerContext
     ) -> ha_service_pb2.GetMigrationResponse:
-        raise _migrations_unimplemented()
+        return self._migration_handlers().get_migration(request)
 
     def ListMigrations(  # noqa: N802
         self, request: ha_service_pb2.ListMigrationsRequest, context: grpc.ServicerContext
     ) -> ha_service_pb2.ListMigrationsResponse:
-        raise _migrations_unimplemented()
+        return self._migration_handlers().list_migrations(request)

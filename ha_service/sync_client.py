@@ -146,6 +146,12 @@ class SyncClient:
         response: sync_service_pb2.GetPoolResponse = self._call(f"GetPool({cluster_id})", self._stub.GetPool, request)
         return response.pool
 
+    def get_vm(self, vm_uuid: str) -> sync_service_pb2.Vm:
+        """The mirror's view of one VM (SyncNotFoundError when sync_service does not know it)."""
+        request = sync_service_pb2.GetVmRequest(uuid=vm_uuid)
+        response: sync_service_pb2.GetVmResponse = self._call(f"GetVm({vm_uuid})", self._stub.GetVm, request)
+        return response.vm
+
     def list_pools(self) -> tuple[list[sync_service_pb2.Pool], int]:
         pools: list[sync_service_pb2.Pool] = []
         token, revision = "", 0

@@ -202,3 +202,71 @@ class ControllerStateRow(Base):
     lease_expire_time: Mapped[float | None] = mapped_column(Double, nullable=True)
     fencing_token: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
     update_time: Mapped[float] = mapped_column(Double, nullable=False)
+
+
+# --- R8 migrations between HA modes ------------------------------------------------------------------------------
+
+
+class MigrationRow(Base):
+    """A planned (and maybe applied) move of a cluster between HA modes. `id` orders ListMigrations pages."""
+
+    __tablename__ = "ha_migrations"
+    __table_args__ = (
+        UniqueConstraint("migration_id"),
+        UniqueConstraint("plan_request_id"),
+        Index("ix_ha_migrations_cluster_id_state", "cluster_id", "state"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    migration_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    cluster_id: Mapped[str] = mapped_column(String(CLUSTER_ID_LENGTH), nullable=False)
+    source_mode: Mapped[str] = mapped_column(String(16), nullable=False)  # "" when the version was unknown
+    target_mode: Mapped[str] = mapped_column(String(16), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)  # PLANNED BLOCKED APPLYING SUCCEEDED FAILED
+    mirror_revision: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    problems_json: Mapped[str] = mapped_column(Text, nullable=False)
+    plan_request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_LENGTH), nullable=True)
+    # The cluster's last SUCCEEDED migration when planned: another one since makes the plan stale.
+    base_migration_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    create_time: Mapped[float] = mapped_column(Double, nullable=False)
+    start_time: Mapped[float | None] = mapped_column(Double, nullable=True)
+    finish_time: Mapped[float | None] = mapped_column(Double, nullable=True)
+    update_time: Mapped[float] = mapped_column(Double, nullable=False)
+
+
+class MigrationStepRow(Base):
+    """One step of a migration; its state is committed with the step's result (APPLYING = about to call XAPI)."""
+
+    __tablename__ = "ha_migration_steps"
+
+    migration_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step_index: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)  # SET_VM_HA_PRIORITY CHANGE_HOST_FENCING PIN_MODE
+    instance_name: Mapped[str] = mapped_column(String(INSTANCE_NAME_LENGTH), nullable=False, default="")
+    vm_uuid: Mapped[str] = mapped_column(String(UUID_LENGTH), nullable=False, default="")
+    from_priority: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    to_priority: Mapped[str] = mapped_column(String(16), nullable=False, default="")
+    to_order: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    to_start_delay_s: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)  # PENDING APPLYING SUCCEEDED SKIPPED FAILED
+    message: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    added_at_apply: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    finish_time: Mapped[float | None] = mapped_column(Double, nullable=True)
+
+
+class MigrationLeaseRow(Base):
+    """Who is applying a migration on a cluster, until when: one apply per cluster across replicas.
+
+    Taken and renewed under a row lock (SELECT ... FOR UPDATE; BEGIN IMMEDIATE on SQLite); `token` grows with every
+    new holder, and each step's commit checks holder and token, so an apply whose lease was taken over stops.
+    """
+
+    __tablename__ = "ha_migration_leases"
+
+    cluster_id: Mapped[str] = mapped_column(String(CLUSTER_ID_LENGTH), primary_key=True)
+    migration_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    holder: Mapped[str] = mapped_column(String(128), nullable=False)
+    token: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expire_time: Mapped[float] = mapped_column(Double, nullable=False)
+    update_time: Mapped[float] = mapped_column(Double, nullable=False)

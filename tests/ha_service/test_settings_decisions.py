@@ -273,5 +273,5 @@ def test_validation_errors(ha_sqlite) -> None:
     assert (code, info.reason) == (grpc.StatusCode.NOT_FOUND, "HA_ACTION_NOT_FOUND")
     code, _, _ = rpc_error(stub.AckHaAction, ha_service_pb2.AckHaActionRequest(action_id="x"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    code, _, _ = rpc_error(stub.PlanMigration, ha_service_pb2.PlanMigrationRequest(cluster_id="c1"))
-    assert code == grpc.StatusCode.UNIMPLEMENTED
+    code, _, bad = rpc_error(stub.PlanMigration, ha_service_pb2.PlanMigrationRequest(cluster_id="c1"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and bad.field_violations[0].field == "target_mode"

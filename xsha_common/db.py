@@ -21,10 +21,12 @@ import hashlib
 import logging
 import random
 import sqlite3
+import threading
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, overload
@@ -212,7 +214,13 @@ def create_engine_for(
     )
 
 
+# Per SQLite engine: the lock its in-process writers queue on (see _writer_queue).
+_SQLITE_WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+
+
 def _configure_sqlite(engine: Engine, *, busy_timeout_ms: int) -> None:
+    _SQLITE_WRITER_LOCKS[engine] = threading.RLock()
+
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
         assert isinstance(dbapi_connection, sqlite3.Connection)
@@ -264,9 +272,18 @@ def write_transaction(
     return _session_write_transaction(bind)
 
 
+def _writer_queue(engine: Engine | None) -> AbstractContextManager[object]:
+    """SQLite admits one writer at a time. This process's writers queue on a lock and wake the moment the
+    current writer commits; left to SQLite, each would poll its busy handler (sleeping up to 100 ms between
+    tries) and, with many threads, some would run out of busy_timeout. Other processes still meet busy_timeout.
+    Re-entrant, so a nested write transaction fails in SQLite as before rather than deadlocking here."""
+    lock = _SQLITE_WRITER_LOCKS.get(engine) if engine is not None else None
+    return lock if lock is not None else nullcontext()
+
+
 @contextmanager
 def _engine_write_transaction(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as connection:
+    with _writer_queue(engine), engine.connect() as connection:
         connection = connection.execution_options(**{_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         with connection.begin():
             yield connection
@@ -274,7 +291,8 @@ def _engine_write_transaction(engine: Engine) -> Iterator[Connection]:
 
 @contextmanager
 def _session_write_transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    with factory() as session, session.begin():
+    bind = factory.kw.get("bind")
+    with _writer_queue(bind if isinstance(bind, Engine) else None), factory() as session, session.begin():
         # Procure the connection now, with the option, so the SQLite begin hook sees it (harmless elsewhere).
         session.connection(execution_options={_SQLITE_BEGIN_OPTION: "IMMEDIATE"})
         yield session

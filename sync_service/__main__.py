@@ -1,0 +1,54 @@
+"""`python -m sync_service` / `xsha-sync-service`: load config, log, open the database, serve until signalled."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from sync_service.app import build_app
+from sync_service.crypto import CredentialsCipher, CredentialsKeyError
+from sync_service.handlers import WatchSettings
+from sync_service.settings import DEFAULT_KEY_FILE, SCHEMA, retention_settings, watcher_settings
+from xsha_common.config import ConfigError, load_config_or_exit
+from xsha_common.db import SchemaNotCurrentError, UnsupportedDatabaseURLError
+from xsha_common.logging import setup_logging
+from xsha_common.server import ServerSettings
+
+log = logging.getLogger("sync_service")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config_or_exit(SCHEMA, argv)
+    setup_logging(config["log_level"], config["log_format"])
+    try:
+        server_settings = ServerSettings.from_config(config)
+        key_file = config["credentials_key_file"]
+        cipher = CredentialsCipher.from_settings(
+            config["credentials_key"],
+            str(key_file) if key_file is not None else "",
+            create_key_file=key_file is not None and key_file == DEFAULT_KEY_FILE,
+        )
+        app = build_app(
+            database_url=config["database_url"],
+            cipher=cipher,
+            server_settings=server_settings,
+            watcher=watcher_settings(config),
+            retention=retention_settings(config),
+            watch=WatchSettings(poll_interval=config["watch_poll_seconds"]),
+            auto_upgrade=config["database_auto_upgrade"],
+            owner=config["replica_id"],
+        )
+    except (ConfigError, CredentialsKeyError, SchemaNotCurrentError, UnsupportedDatabaseURLError) as error:
+        log.error("sync_service cannot start", extra={"error": str(error)})
+        print(f"sync_service: {error}", file=sys.stderr)
+        return 2
+    app.server.install_signal_handlers()
+    app.start()
+    log.info("sync_service serving", extra={"address": app.address})
+    app.server.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,933 @@
+"""The mirror's storage: batched apply with change log and ordered revisions, the pool registry, and queries.
+
+Revisions come from one counter row, incremented with `UPDATE ... SET value = value + n` at the end of each
+writing transaction: the row lock is held until commit, so transactions commit in revision order and no reader
+can ever see revision N+1 before N (on every backend, with several threads or replicas writing).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, Generic, TypeVar, cast
+
+import orjson
+from sqlalchemy import Engine, Table, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from sync_service import converters
+from sync_service.domain import (
+    HaFacts,
+    HostFacts,
+    MirrorHost,
+    MirrorVm,
+    PoolFacts,
+    PoolInfo,
+    PowerState,
+    SyncStatusInfo,
+    VersionFacts,
+    VmFacts,
+    XapiPowerState,
+    observe_vm,
+    utcnow,
+    vm_gone,
+)
+from sync_service.store.models import (
+    COMPACTED_THROUGH,
+    REVISION_COUNTER,
+    ChangeRow,
+    CounterRow,
+    HostRow,
+    PoolRow,
+    RequestRow,
+    VmRow,
+)
+from xsha_common.db import backend_of, make_sessionmaker, write_transaction
+
+_IN_CHUNK: Final = 500
+T = TypeVar("T")
+
+
+class PoolNotFoundError(LookupError):
+    pass
+
+
+class StaleWatcherError(RuntimeError):
+    """The pool was deregistered or reconfigured since the watcher started: its batch is not written."""
+
+
+class ChangeNotifier:
+    """Wakes in-process watch streams when a transaction commits new revisions (other replicas' commits are
+    picked up by the streams' short database poll)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self.latest = 0
+
+    def notify(self, revision: int) -> None:
+        with self._condition:
+            if revision > self.latest:
+                self.latest = revision
+            self._condition.notify_all()
+
+    def wait_beyond(self, revision: int, timeout: float) -> bool:
+        """Wait until a revision above `revision` is known to be committed, or `timeout`; True if it is."""
+        with self._condition:
+            return self._condition.wait_for(lambda: self.latest > revision, timeout=timeout)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """What a watcher needs to connect: registration, encrypted credentials, watch state."""
+
+    cluster_id: str
+    master_url: str
+    credentials_encrypted: bytes | None
+    tls_ca_bundle_pem: str
+    tls_fingerprint: str
+    tls_insecure: bool
+    config_generation: int
+    event_token: str
+    host_addresses: list[str]
+    watch_state: dict[str, Any]
+    pool_uuid: str
+
+
+@dataclass
+class Batch:
+    """One event batch (or full list) as the watcher hands it to the repository."""
+
+    cluster_id: str
+    config_generation: int
+    token: str
+    pool: PoolFacts | None = None
+    vms: list[VmFacts] = field(default_factory=list)
+    removed_vm_uuids: list[str] = field(default_factory=list)
+    vm_refs: dict[str, str] = field(default_factory=dict)  # uuid -> XAPI ref
+    hosts: list[HostFacts] = field(default_factory=list)
+    removed_host_uuids: list[str] = field(default_factory=list)
+    # A full list: every VM and host not in `vms` / `hosts` is gone from XAPI.
+    full: bool = False
+    watch_state: dict[str, Any] | None = None
+    host_addresses: list[str] | None = None
+    events: int = 0
+    lag_ms: int = 0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    revisions: int
+    last_revision: int
+
+
+@dataclass(frozen=True)
+class VmFilter:
+    cluster_id: str = ""
+    resident_host_uuid: str = ""
+    xapi_power_states: tuple[XapiPowerState, ...] = ()
+    power_states: tuple[PowerState, ...] = ()
+    ha_restart_priorities: tuple[str, ...] | None = None
+    name_prefix: str = ""
+    include_removed: bool = False
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: list[T]
+    last_key: int | None  # id of the last item when more may follow
+    revision: int
+
+
+@dataclass(frozen=True)
+class ChangeRead:
+    payloads: list[bytes]
+    position: int  # every change up to here (matching or not) has been read
+    compacted_through: int
+
+
+# ------------------------------------------------------------------------------------------ row mapping
+
+
+def _vm_from_row(row: VmRow) -> MirrorVm:
+    return MirrorVm(
+        cluster_id=row.cluster_id,
+        pool_uuid=row.pool_uuid,
+        facts=VmFacts(
+            uuid=row.uuid,
+            name=row.name_label,
+            xapi_power_state=XapiPowerState(row.xapi_power_state),
+            resident_host_uuid=row.resident_host_uuid,
+            ha_restart_priority=row.ha_restart_priority,
+            order=row.ha_order,
+            start_delay=row.start_delay,
+            ha_always_run=row.ha_always_run,
+            memory_static_max=row.memory_static_max,
+        ),
+        power_state=PowerState(row.power_state),
+        power_state_update_time=row.power_state_update_time,
+        power_state_update_count=row.power_state_update_count,
+        removed=row.removed,
+        revision=row.revision,
+        update_time=row.update_time,
+    )
+
+
+def _vm_values(vm: MirrorVm) -> dict[str, Any]:
+    facts = vm.facts
+    return {
+        "cluster_id": vm.cluster_id,
+        "uuid": facts.uuid,
+        "pool_uuid": vm.pool_uuid,
+        "name_label": facts.name,
+        "xapi_power_state": facts.xapi_power_state.value,
+        "power_state": vm.power_state.value,
+        "resident_host_uuid": facts.resident_host_uuid,
+        "ha_restart_priority": facts.ha_restart_priority,
+        "ha_order": facts.order,
+        "start_delay": facts.start_delay,
+        "ha_always_run": facts.ha_always_run,
+        "memory_static_max": facts.memory_static_max,
+        "power_state_update_time": vm.power_state_update_time,
+        "power_state_update_count": vm.power_state_update_count,
+        "removed": vm.removed,
+        "revision": vm.revision,
+        "update_time": vm.update_time,
+    }
+
+
+def _version_from_row(row: HostRow | PoolRow) -> VersionFacts:
+    return VersionFacts(
+        api_version_major=row.api_version_major,
+        api_version_minor=row.api_version_minor,
+        product_brand=row.product_brand,
+        product_version=row.product_version,
+        platform_version=row.platform_version,
+        build_number=row.build_number,
+    )
+
+
+def _version_values(version: VersionFacts) -> dict[str, Any]:
+    return {
+        "api_version_major": version.api_version_major,
+        "api_version_minor": version.api_version_minor,
+        "product_brand": version.product_brand,
+        "product_version": version.product_version,
+        "platform_version": version.platform_version,
+        "build_number": version.build_number,
+    }
+
+
+def _host_from_row(row: HostRow) -> MirrorHost:
+    return MirrorHost(
+        cluster_id=row.cluster_id,
+        pool_uuid=row.pool_uuid,
+        facts=HostFacts(
+            uuid=row.uuid,
+            name=row.name,
+            address=row.address,
+            live=row.live,
+            enabled=row.enabled,
+            is_master=row.is_master,
+            memory_total=row.memory_total,
+            memory_free=row.memory_free,
+            version=_version_from_row(row),
+        ),
+        removed=row.removed,
+        revision=row.revision,
+        update_time=row.update_time,
+    )
+
+
+def _host_values(host: MirrorHost) -> dict[str, Any]:
+    facts = host.facts
+    return {
+        "cluster_id": host.cluster_id,
+        "uuid": facts.uuid,
+        "pool_uuid": host.pool_uuid,
+        "name": facts.name,
+        "address": facts.address,
+        "live": facts.live,
+        "enabled": facts.enabled,
+        "is_master": facts.is_master,
+        "memory_total": facts.memory_total,
+        "memory_free": facts.memory_free,
+        **_version_values(facts.version),
+        "removed": host.removed,
+        "revision": host.revision,
+        "update_time": host.update_time,
+    }
+
+
+def pool_info_from_row(row: PoolRow) -> PoolInfo:
+    return PoolInfo(
+        cluster_id=row.cluster_id,
+        master_url=row.master_url,
+        tls_ca_bundle_pem=row.tls_ca_bundle_pem,
+        tls_fingerprint=row.tls_fingerprint,
+        tls_insecure=row.tls_insecure,
+        has_credentials=row.credentials_encrypted is not None,
+        pool_uuid=row.pool_uuid,
+        name=row.name,
+        version=_version_from_row(row),
+        ha=HaFacts(
+            ha_enabled=row.ha_enabled,
+            ha_host_failures_to_tolerate=row.ha_host_failures_to_tolerate,
+            ha_plan_exists_for=row.ha_plan_exists_for,
+            ha_allow_overcommit=row.ha_allow_overcommit,
+            ha_overcommitted=row.ha_overcommitted,
+        ),
+        master_host_uuid=row.master_host_uuid,
+        status=SyncStatusInfo(
+            state=row.sync_state,
+            connected=row.connected,
+            wire_format=row.wire_format,
+            connected_url=row.connected_url,
+            last_event_time=row.last_event_time,
+            lag_ms=row.lag_ms,
+            last_full_sync_time=row.last_full_sync_time,
+            events_applied=row.events_applied,
+            reconnects=row.reconnects,
+            last_error=row.last_error,
+            last_error_time=row.last_error_time,
+            owner=row.owner,
+        ),
+        revision=row.revision,
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+def _pool_fact_values(facts: PoolFacts) -> dict[str, Any]:
+    return {
+        "pool_uuid": facts.uuid,
+        "name": facts.name,
+        **_version_values(facts.version),
+        "ha_enabled": facts.ha.ha_enabled,
+        "ha_host_failures_to_tolerate": facts.ha.ha_host_failures_to_tolerate,
+        "ha_plan_exists_for": facts.ha.ha_plan_exists_for,
+        "ha_allow_overcommit": facts.ha.ha_allow_overcommit,
+        "ha_overcommitted": facts.ha.ha_overcommitted,
+        "master_host_uuid": facts.master_host_uuid,
+    }
+
+
+def _chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# ------------------------------------------------------------------------------------------- repository
+
+# Order of a batch's changes in the change log (stable within a kind).
+_CHANGE_KIND_ORDER: Final = {"pool": 0, "host": 1, "vm": 2}
+
+
+@dataclass
+class _PendingChange:
+    kind: str
+    change_type: str
+    cluster_id: str
+    key: str
+    obj: MirrorVm | MirrorHost | PoolInfo | None  # None: the pool row, rendered after its update
+
+
+class Repository:
+    def __init__(
+        self,
+        engine: Engine,
+        notifier: ChangeNotifier | None = None,
+        *,
+        clock: Callable[[], dt.datetime] = utcnow,
+        on_write: Callable[[float], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.sessions: sessionmaker[Session] = make_sessionmaker(engine)
+        self.notifier = notifier or ChangeNotifier()
+        self.clock = clock
+        self.backend = backend_of(engine)
+        self._on_write = on_write
+
+    # ---------------------------------------------------------------- revisions and the change log
+
+    def _allocate(self, session: Session, count: int) -> int:
+        """Reserve `count` revisions; returns the first. Holds the counter row lock until commit."""
+        session.execute(
+            update(CounterRow).where(CounterRow.name == REVISION_COUNTER).values(value=CounterRow.value + count)
+        )
+        last = session.execute(select(CounterRow.value).where(CounterRow.name == REVISION_COUNTER)).scalar_one()
+        return int(last) - count + 1
+
+    def _write_changes(
+        self,
+        session: Session,
+        changes: list[_PendingChange],
+        now: dt.datetime,
+        vm_refs: dict[str, str] | None = None,
+    ) -> int:
+        """Allocates revisions for `changes`, stamps the objects, writes their rows and the change log.
+        Returns the last revision (0 when there is nothing)."""
+        if not changes:
+            return 0
+        first = self._allocate(session, len(changes))
+        vm_updates: list[dict[str, Any]] = []
+        host_updates: list[dict[str, Any]] = []
+        log_rows: list[dict[str, Any]] = []
+        revision = first
+        for change in changes:
+            obj = change.obj
+            if isinstance(obj, MirrorVm):
+                obj = replace(obj, revision=revision, update_time=now)
+                values = _vm_values(obj)
+                if vm_refs and obj.uuid in vm_refs:
+                    values["xapi_ref"] = vm_refs[obj.uuid]
+                vm_updates.append(values)
+            elif isinstance(obj, MirrorHost):
+                obj = replace(obj, revision=revision, update_time=now)
+                host_updates.append(_host_values(obj))
+            else:
+                row = session.execute(select(PoolRow).where(PoolRow.cluster_id == change.cluster_id)).scalar_one()
+                row.revision = revision
+                session.flush()
+                obj = pool_info_from_row(row) if obj is None else replace(obj, revision=revision)
+            payload = converters.change_payload(revision, change.change_type, now, change.cluster_id, obj)
+            log_rows.append(
+                {
+                    "revision": revision,
+                    "kind": change.kind,
+                    "change_type": change.change_type,
+                    "cluster_id": change.cluster_id,
+                    "object_key": change.key,
+                    "commit_time": now,
+                    "payload": payload,
+                }
+            )
+            revision += 1
+        self._upsert(session, VmRow, vm_updates)
+        self._upsert(session, HostRow, host_updates)
+        session.execute(insert(ChangeRow), log_rows)
+        return revision - 1
+
+    def _upsert(self, session: Session, model: type[VmRow] | type[HostRow], rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        existing: dict[tuple[str, str], int] = {}
+        clusters = {row["cluster_id"] for row in rows}
+        for cluster in clusters:
+            uuids = [row["uuid"] for row in rows if row["cluster_id"] == cluster]
+            for chunk in _chunks(uuids):
+                for row_id, uuid in session.execute(
+                    select(model.id, model.uuid).where(model.cluster_id == cluster, model.uuid.in_(chunk))
+                ):
+                    existing[(cluster, uuid)] = row_id
+        inserts = [row for row in rows if (row["cluster_id"], row["uuid"]) not in existing]
+        updates = [
+            {**row, "id": existing[(row["cluster_id"], row["uuid"])]}
+            for row in rows
+            if (row["cluster_id"], row["uuid"]) in existing
+        ]
+        if inserts:
+            session.execute(insert(model), inserts)
+        if updates:
+            session.execute(update(model), updates)
+
+    def _commit_hook(self, last_revision: int) -> None:
+        if last_revision:
+            self.notifier.notify(last_revision)
+
+    def current_revision(self) -> int:
+        with self.sessions() as session:
+            return self._counter(session, REVISION_COUNTER)
+
+    def compacted_through(self) -> int:
+        with self.sessions() as session:
+            return self._counter(session, COMPACTED_THROUGH)
+
+    @staticmethod
+    def _counter(session: Session, name: str) -> int:
+        return int(session.execute(select(CounterRow.value).where(CounterRow.name == name)).scalar_one())
+
+    # ------------------------------------------------------------------------------------ registry
+
+    def _pool_row(self, session: Session, cluster_id: str) -> PoolRow:
+        row = session.execute(select(PoolRow).where(PoolRow.cluster_id == cluster_id)).scalar_one_or_none()
+        if row is None:
+            raise PoolNotFoundError(cluster_id)
+        return row
+
+    def find_pool(self, cluster_id: str) -> PoolInfo | None:
+        with self.sessions() as session:
+            row = session.execute(select(PoolRow).where(PoolRow.cluster_id == cluster_id)).scalar_one_or_none()
+            return pool_info_from_row(row) if row is not None else None
+
+    def pool_registration(self, cluster_id: str) -> tuple[PoolInfo, bytes | None, str] | None:
+        """(pool, encrypted credentials, register request id), for idempotency checks."""
+        with self.sessions() as session:
+            row = session.execute(select(PoolRow).where(PoolRow.cluster_id == cluster_id)).scalar_one_or_none()
+            if row is None:
+                return None
+            return pool_info_from_row(row), row.credentials_encrypted, row.register_request_id
+
+    def register_pool(
+        self,
+        *,
+        cluster_id: str,
+        master_url: str,
+        credentials_encrypted: bytes | None,
+        tls_ca_bundle_pem: str,
+        tls_fingerprint: str,
+        tls_insecure: bool,
+        request_id: str,
+    ) -> PoolInfo:
+        now = self.clock()
+        with write_transaction(self.sessions) as session:
+            row = PoolRow(
+                cluster_id=cluster_id,
+                master_url=master_url,
+                credentials_encrypted=credentials_encrypted,
+                tls_ca_bundle_pem=tls_ca_bundle_pem,
+                tls_fingerprint=tls_fingerprint,
+                tls_insecure=tls_insecure,
+                register_request_id=request_id,
+                config_generation=1,
+                create_time=now,
+                update_time=now,
+            )
+            session.add(row)
+            session.flush()
+            last = self._write_changes(session, [_PendingChange("pool", "ADDED", cluster_id, cluster_id, None)], now)
+            info = pool_info_from_row(row)
+        self._commit_hook(last)
+        return info
+
+    def update_pool(
+        self,
+        cluster_id: str,
+        *,
+        master_url: str | None,
+        credentials_encrypted: bytes | None,
+        tls: tuple[str, str, bool] | None,
+        request_id: str,
+    ) -> PoolInfo:
+        now = self.clock()
+        with write_transaction(self.sessions) as session:
+            if request_id and session.get(RequestRow, request_id) is not None:
+                return pool_info_from_row(self._pool_row(session, cluster_id))
+            row = self._pool_row(session, cluster_id)
+            changed = False
+            if master_url is not None and master_url != row.master_url:
+                row.master_url = master_url
+                row.host_addresses = "[]"  # addresses learnt from the old pool no longer apply
+                changed = True
+            if credentials_encrypted is not None:
+                row.credentials_encrypted = credentials_encrypted
+                changed = True
+            if tls is not None and tls != (row.tls_ca_bundle_pem, row.tls_fingerprint, row.tls_insecure):
+                row.tls_ca_bundle_pem, row.tls_fingerprint, row.tls_insecure = tls
+                changed = True
+            last = 0
+            if changed:
+                row.config_generation += 1
+                row.update_time = now
+                session.flush()
+                last = self._write_changes(
+                    session, [_PendingChange("pool", "MODIFIED", cluster_id, cluster_id, None)], now
+                )
+            if request_id:
+                session.add(
+                    RequestRow(request_id=request_id, method="UpdatePool", cluster_id=cluster_id, create_time=now)
+                )
+            info = pool_info_from_row(row)
+        self._commit_hook(last)
+        return info
+
+    def deregister_pool(self, cluster_id: str, request_id: str) -> bool:
+        """Removes the pool and its mirror, emitting REMOVED changes. False when it was not registered (or the
+        same request already removed it)."""
+        now = self.clock()
+        with write_transaction(self.sessions) as session:
+            if request_id and session.get(RequestRow, request_id) is not None:
+                return True
+            row = session.execute(select(PoolRow).where(PoolRow.cluster_id == cluster_id)).scalar_one_or_none()
+            if row is None:
+                return False
+            changes: list[_PendingChange] = []
+            for vm_row in session.execute(select(VmRow).where(VmRow.cluster_id == cluster_id)).scalars():
+                vm = _vm_from_row(vm_row)
+                if not vm.removed:
+                    changes.append(_PendingChange("vm", "REMOVED", cluster_id, vm.uuid, vm_gone(vm, now)))
+            for host_row in session.execute(select(HostRow).where(HostRow.cluster_id == cluster_id)).scalars():
+                host = _host_from_row(host_row)
+                if not host.removed:
+                    changes.append(
+                        _PendingChange("host", "REMOVED", cluster_id, host.uuid, replace(host, removed=True))
+                    )
+            pool_info = pool_info_from_row(row)
+            changes.append(_PendingChange("pool", "REMOVED", cluster_id, cluster_id, pool_info))
+            # Rows first (the change log keeps their last state), then the log.
+            session.execute(delete(VmRow).where(VmRow.cluster_id == cluster_id))
+            session.execute(delete(HostRow).where(HostRow.cluster_id == cluster_id))
+            first = self._allocate(session, len(changes))
+            log_rows = []
+            for offset, change in enumerate(changes):
+                revision = first + offset
+                assert change.obj is not None
+                obj = replace(change.obj, revision=revision)
+                if isinstance(obj, MirrorVm | MirrorHost):
+                    obj = replace(obj, update_time=now)
+                log_rows.append(
+                    {
+                        "revision": revision,
+                        "kind": change.kind,
+                        "change_type": change.change_type,
+                        "cluster_id": cluster_id,
+                        "object_key": change.key,
+                        "commit_time": now,
+                        "payload": converters.change_payload(revision, "REMOVED", now, cluster_id, obj),
+                    }
+                )
+            session.execute(insert(ChangeRow), log_rows)
+            session.delete(row)
+            if request_id:
+                session.add(
+                    RequestRow(request_id=request_id, method="DeregisterPool", cluster_id=cluster_id, create_time=now)
+                )
+            last = first + len(changes) - 1
+        self._commit_hook(last)
+        return True
+
+    def list_pools(self, *, after_id: int | None, limit: int) -> Page[PoolInfo]:
+        with self._read_session() as session:
+            revision = self._counter(session, REVISION_COUNTER)
+            query = select(PoolRow).order_by(PoolRow.id).limit(limit + 1)
+            if after_id is not None:
+                query = query.where(PoolRow.id > after_id)
+            rows = list(session.execute(query).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page([pool_info_from_row(row) for row in rows], rows[-1].id if more and rows else None, revision)
+
+    def pool_configs(self) -> list[PoolConfig]:
+        with self.sessions() as session:
+            return [self._config(row) for row in session.execute(select(PoolRow).order_by(PoolRow.id)).scalars()]
+
+    def pool_config(self, cluster_id: str) -> PoolConfig | None:
+        with self.sessions() as session:
+            row = session.execute(select(PoolRow).where(PoolRow.cluster_id == cluster_id)).scalar_one_or_none()
+            return self._config(row) if row is not None else None
+
+    @staticmethod
+    def _config(row: PoolRow) -> PoolConfig:
+        return PoolConfig(
+            cluster_id=row.cluster_id,
+            master_url=row.master_url,
+            credentials_encrypted=row.credentials_encrypted,
+            tls_ca_bundle_pem=row.tls_ca_bundle_pem,
+            tls_fingerprint=row.tls_fingerprint,
+            tls_insecure=row.tls_insecure,
+            config_generation=row.config_generation,
+            event_token=row.event_token,
+            host_addresses=list(orjson.loads(row.host_addresses or "[]")),
+            watch_state=dict(orjson.loads(row.watch_state or "{}")),
+            pool_uuid=row.pool_uuid,
+        )
+
+    def update_status(self, cluster_id: str, config_generation: int | None = None, **values: Any) -> None:
+        """Sync status fields (no change-log entry). Ignored when the pool is gone or was reconfigured."""
+        values.setdefault("update_time", self.clock())
+        condition = PoolRow.cluster_id == cluster_id
+        if config_generation is not None:
+            condition = and_(condition, PoolRow.config_generation == config_generation)
+        with write_transaction(self.sessions) as session:
+            session.execute(update(PoolRow).where(condition).values(**values))
+
+    def increment_reconnects(self, cluster_id: str) -> None:
+        with write_transaction(self.sessions) as session:
+            session.execute(
+                update(PoolRow).where(PoolRow.cluster_id == cluster_id).values(reconnects=PoolRow.reconnects + 1)
+            )
+
+    # --------------------------------------------------------------------------------- watcher writes
+
+    def load_mirror(self, cluster_id: str) -> tuple[list[tuple[str, MirrorVm]], list[MirrorHost]]:
+        """The live (not removed) VMs with their XAPI refs, and hosts, so a restarted watcher can resume."""
+        with self.sessions() as session:
+            vms = [
+                (row.xapi_ref, _vm_from_row(row))
+                for row in session.execute(
+                    select(VmRow).where(VmRow.cluster_id == cluster_id, VmRow.removed.is_(False))
+                ).scalars()
+            ]
+            hosts = [
+                _host_from_row(row)
+                for row in session.execute(
+                    select(HostRow).where(HostRow.cluster_id == cluster_id, HostRow.removed.is_(False))
+                ).scalars()
+            ]
+        return vms, hosts
+
+    def apply_batch(self, batch: Batch) -> BatchResult:
+        """Write one event batch (or full list) and its token in one transaction; only real changes are logged."""
+        started = time.perf_counter()
+        now = self.clock()
+        cluster_id = batch.cluster_id
+        with write_transaction(self.sessions) as session:
+            pool_row = session.execute(select(PoolRow).where(PoolRow.cluster_id == cluster_id)).scalar_one_or_none()
+            if pool_row is None or pool_row.config_generation != batch.config_generation:
+                raise StaleWatcherError(cluster_id)
+            pool_uuid = batch.pool.uuid if batch.pool is not None else pool_row.pool_uuid
+            changes: list[_PendingChange] = []
+            ref_by_uuid = batch.vm_refs
+
+            # VMs
+            wanted = {vm.uuid: vm for vm in batch.vms}
+            vm_query = select(VmRow).where(VmRow.cluster_id == cluster_id)
+            vm_rows: list[VmRow] = []
+            if batch.full:
+                vm_rows = list(session.execute(vm_query).scalars())
+            else:
+                keys = list(wanted) + batch.removed_vm_uuids
+                for chunk in _chunks(keys):
+                    vm_rows.extend(session.execute(vm_query.where(VmRow.uuid.in_(chunk))).scalars())
+            existing_vms = {row.uuid: row for row in vm_rows}
+            ref_updates: list[dict[str, Any]] = []
+            changed_uuids: set[str] = set()
+            for uuid, facts in wanted.items():
+                row = existing_vms.get(uuid)
+                previous = _vm_from_row(row) if row is not None else None
+                current = observe_vm(
+                    previous, facts, cluster_id=cluster_id, pool_uuid=pool_uuid, now=now, full_report=batch.full
+                )
+                if previous is None or previous.removed:
+                    changes.append(_PendingChange("vm", "ADDED", cluster_id, uuid, current))
+                    changed_uuids.add(uuid)
+                elif not previous.same_content(current):
+                    changes.append(_PendingChange("vm", "MODIFIED", cluster_id, uuid, current))
+                    changed_uuids.add(uuid)
+                ref = ref_by_uuid.get(uuid, "")
+                if ref and row is not None and row.xapi_ref != ref and uuid not in changed_uuids:
+                    ref_updates.append({"row_id": row.id, "ref": ref})
+            gone = [uuid for uuid in existing_vms if uuid not in wanted] if batch.full else batch.removed_vm_uuids
+            for uuid in gone:
+                row = existing_vms.get(uuid)
+                if row is None or row.removed:
+                    continue
+                changes.append(_PendingChange("vm", "REMOVED", cluster_id, uuid, vm_gone(_vm_from_row(row), now)))
+
+            # Hosts
+            wanted_hosts = {host.uuid: host for host in batch.hosts}
+            host_rows = {
+                row.uuid: row
+                for row in session.execute(select(HostRow).where(HostRow.cluster_id == cluster_id)).scalars()
+            }
+            for uuid, host_facts in wanted_hosts.items():
+                host_row = host_rows.get(uuid)
+                previous_host = _host_from_row(host_row) if host_row is not None else None
+                current_host = MirrorHost(
+                    cluster_id=cluster_id,
+                    pool_uuid=pool_uuid,
+                    facts=host_facts,
+                    removed=False,
+                    revision=previous_host.revision if previous_host else 0,
+                    update_time=previous_host.update_time if previous_host else None,
+                )
+                if previous_host is None or previous_host.removed:
+                    changes.append(_PendingChange("host", "ADDED", cluster_id, uuid, current_host))
+                elif not previous_host.same_content(current_host):
+                    changes.append(_PendingChange("host", "MODIFIED", cluster_id, uuid, current_host))
+            gone_hosts = (
+                [uuid for uuid in host_rows if uuid not in wanted_hosts] if batch.full else batch.removed_host_uuids
+            )
+            for uuid in gone_hosts:
+                host_row = host_rows.get(uuid)
+                if host_row is None or host_row.removed:
+                    continue
+                host = _host_from_row(host_row)
+                changes.append(
+                    _PendingChange(
+                        "host",
+                        "REMOVED",
+                        cluster_id,
+                        uuid,
+                        replace(host, removed=True, facts=replace(host.facts, live=False)),
+                    )
+                )
+
+            # Pool facts
+            if batch.pool is not None:
+                values = _pool_fact_values(batch.pool)
+                if any(getattr(pool_row, key) != value for key, value in values.items()):
+                    for key, value in values.items():
+                        setattr(pool_row, key, value)
+                    pool_row.update_time = now
+                    session.flush()
+                    changes.append(_PendingChange("pool", "MODIFIED", cluster_id, cluster_id, None))
+
+            # Causes before effects in the change log: a host's death and the pool's facts come before the VM
+            # moves of the same batch (a full re-list after a master crash carries both), so a watcher that sees
+            # a VM running elsewhere already knows its old host died.
+            changes.sort(key=lambda change: _CHANGE_KIND_ORDER.get(change.kind, len(_CHANGE_KIND_ORDER)))
+            last = self._write_changes(session, changes, now, ref_by_uuid)
+            if ref_updates:  # refs of unchanged VMs (rare): one executemany
+                table = cast(Table, VmRow.__table__)
+                session.connection().execute(
+                    update(table).where(table.c.id == bindparam("row_id")).values(xapi_ref=bindparam("ref")),
+                    ref_updates,
+                )
+
+            pool_row.event_token = batch.token
+            pool_row.events_applied = pool_row.events_applied + batch.events
+            pool_row.last_event_time = now
+            pool_row.lag_ms = batch.lag_ms
+            if batch.full:
+                pool_row.last_full_sync_time = now
+            if batch.watch_state is not None:
+                pool_row.watch_state = orjson.dumps(batch.watch_state).decode()
+            if batch.host_addresses is not None:
+                addresses = orjson.dumps(batch.host_addresses).decode()
+                if addresses != pool_row.host_addresses:
+                    pool_row.host_addresses = addresses
+        if self._on_write is not None:
+            self._on_write(time.perf_counter() - started)
+        self._commit_hook(last)
+        return BatchResult(revisions=len(changes), last_revision=last)
+
+    # ------------------------------------------------------------------------------------------ reads
+
+    def _read_session(self) -> Session:
+        """A session whose reads form one snapshot (REPEATABLE READ on MySQL and PostgreSQL; SQLite's read
+        transactions are snapshots already), so a page and the revision it reports agree."""
+        session = self.sessions()
+        if self.backend != "sqlite":
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        return session
+
+    def get_vm(self, *, uuid: str = "", cluster_id: str = "", name: str = "") -> MirrorVm | None:
+        with self.sessions() as session:
+            query = select(VmRow)
+            if uuid:
+                query = query.where(VmRow.uuid == uuid)
+            else:
+                query = query.where(VmRow.cluster_id == cluster_id, VmRow.name_label == name)
+            # A live row wins over a removed one (a VM moved between pools, or a name reused).
+            rows = list(session.execute(query.order_by(VmRow.removed, VmRow.revision.desc()).limit(1)).scalars())
+            return _vm_from_row(rows[0]) if rows else None
+
+    def list_vms(
+        self, vm_filter: VmFilter, *, after_id: int | None, limit: int, revision: int | None
+    ) -> Page[MirrorVm]:
+        with self._read_session() as session:
+            current = self._counter(session, REVISION_COUNTER) if revision is None else revision
+            query = select(VmRow).order_by(VmRow.id).limit(limit + 1)
+            conditions = []
+            if after_id is not None:
+                conditions.append(VmRow.id > after_id)
+            if vm_filter.cluster_id:
+                conditions.append(VmRow.cluster_id == vm_filter.cluster_id)
+            if vm_filter.resident_host_uuid:
+                conditions.append(VmRow.resident_host_uuid == vm_filter.resident_host_uuid)
+            if vm_filter.xapi_power_states:
+                conditions.append(VmRow.xapi_power_state.in_([s.value for s in vm_filter.xapi_power_states]))
+            if vm_filter.power_states:
+                conditions.append(VmRow.power_state.in_([s.value for s in vm_filter.power_states]))
+            if vm_filter.ha_restart_priorities is not None:
+                conditions.append(VmRow.ha_restart_priority.in_(list(vm_filter.ha_restart_priorities)))
+            if vm_filter.name_prefix:
+                escaped = vm_filter.name_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+                conditions.append(VmRow.name_label.like(escaped + "%", escape="\\"))
+            if not vm_filter.include_removed:
+                conditions.append(VmRow.removed.is_(False))
+            if conditions:
+                query = query.where(and_(*conditions))
+            rows = list(session.execute(query).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page([_vm_from_row(row) for row in rows], rows[-1].id if more and rows else None, current)
+
+    def list_hosts(
+        self, *, cluster_id: str, include_removed: bool, after_id: int | None, limit: int, revision: int | None
+    ) -> Page[MirrorHost]:
+        with self._read_session() as session:
+            current = self._counter(session, REVISION_COUNTER) if revision is None else revision
+            query = select(HostRow).order_by(HostRow.id).limit(limit + 1)
+            if after_id is not None:
+                query = query.where(HostRow.id > after_id)
+            if cluster_id:
+                query = query.where(HostRow.cluster_id == cluster_id)
+            if not include_removed:
+                query = query.where(HostRow.removed.is_(False))
+            rows = list(session.execute(query).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page([_host_from_row(row) for row in rows], rows[-1].id if more and rows else None, current)
+
+    def read_changes(self, after: int, *, kinds: Sequence[str], cluster_id: str, limit: int) -> ChangeRead:
+        """Changes above `after` in revision order. `position` is how far the log was read, matching or not."""
+        with self.sessions() as session:
+            # The counter first: every revision up to it is committed (commits happen in revision order).
+            upper = self._counter(session, REVISION_COUNTER)
+            query = (
+                select(ChangeRow.revision, ChangeRow.payload)
+                .where(ChangeRow.revision > after, ChangeRow.revision <= upper)
+                .order_by(ChangeRow.revision)
+                .limit(limit)
+            )
+            if kinds:
+                query = query.where(ChangeRow.kind.in_(list(kinds)))
+            if cluster_id:
+                query = query.where(ChangeRow.cluster_id == cluster_id)
+            rows = session.execute(query).all()
+            # Read after the rows: if retention deleted some of them meanwhile, this says so.
+            compacted = self._counter(session, COMPACTED_THROUGH)
+        position = int(rows[-1][0]) if len(rows) >= limit else max(after, upper)
+        return ChangeRead([bytes(row[1]) for row in rows], position, compacted)
+
+    # -------------------------------------------------------------------------------------- retention
+
+    def compact(self, *, keep_changes: int, keep_seconds: float) -> int:
+        """Apply the change-log retention; returns the new compacted-through revision."""
+        now = self.clock()
+        with write_transaction(self.sessions) as session:
+            compacted = session.execute(
+                select(CounterRow).where(CounterRow.name == COMPACTED_THROUGH).with_for_update()
+            ).scalar_one()
+            last = self._counter(session, REVISION_COUNTER)
+            cutoff = compacted.value
+            if keep_changes > 0:
+                cutoff = max(cutoff, last - keep_changes)
+            if keep_seconds > 0:
+                old = session.execute(
+                    select(func.max(ChangeRow.revision)).where(
+                        ChangeRow.commit_time < now - dt.timedelta(seconds=keep_seconds)
+                    )
+                ).scalar()
+                if old is not None:
+                    cutoff = max(cutoff, int(old))
+            if cutoff > compacted.value:
+                session.execute(delete(ChangeRow).where(ChangeRow.revision <= cutoff))
+                compacted.value = cutoff
+                # Removed rows are kept only while the change log may still need them.
+                session.execute(delete(VmRow).where(VmRow.removed.is_(True), VmRow.revision <= cutoff))
+                session.execute(delete(HostRow).where(HostRow.removed.is_(True), HostRow.revision <= cutoff))
+            session.execute(delete(RequestRow).where(RequestRow.create_time < now - dt.timedelta(days=1)))
+            return int(compacted.value)
+
+    def request_seen(self, request_id: str) -> bool:
+        with self.sessions() as session:
+            return session.get(RequestRow, request_id) is not None
+
+
+__all__ = [
+    "Batch",
+    "BatchResult",
+    "ChangeNotifier",
+    "ChangeRead",
+    "Page",
+    "PoolConfig",
+    "PoolNotFoundError",
+    "Repository",
+    "StaleWatcherError",
+    "VmFilter",
+]

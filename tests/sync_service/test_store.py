@@ -1,0 +1,147 @@
+"""The store on every database: migrations, batched apply, ordered revisions under concurrency, retention."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import inspect
+
+from sync_service.domain import HaFacts, PoolFacts, VersionFacts, VmFacts, XapiPowerState
+from sync_service.store.models import VERSION_TABLE
+from sync_service.store.repository import Batch, Repository, StaleWatcherError
+from sync_service.testing import RunningSyncService
+from xsha_api.v1 import sync_service_pb2
+from xsha_common.db import create_engine_for, current_revision, downgrade_to_base, head_revision, upgrade_to_head
+
+
+def test_migrations_upgrade_from_empty_and_downgrade_to_base(db_url: str) -> None:
+    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
+    assert current_revision(db_url, VERSION_TABLE) == head_revision("sync_service")
+    engine = create_engine_for(db_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+        assert {"sync_pools", "sync_hosts", "sync_vms", "sync_changes", "sync_counters", "sync_requests"} <= tables
+        assert all(name.startswith(("sync_", "alembic_version_sync")) for name in tables)
+    finally:
+        engine.dispose()
+    downgrade_to_base("sync_service", db_url, VERSION_TABLE)
+    engine = create_engine_for(db_url)
+    try:
+        assert not {name for name in inspect(engine).get_table_names() if name.startswith("sync_")}
+    finally:
+        engine.dispose()
+    upgrade_to_head("sync_service", db_url, VERSION_TABLE)  # and back up again
+
+
+@pytest.fixture
+def repository(db_url: str) -> Any:
+    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
+    engine = create_engine_for(db_url, pool_size=10)
+    yield Repository(engine)
+    engine.dispose()
+
+
+def _register(repository: Repository, cluster_id: str) -> None:
+    repository.register_pool(
+        cluster_id=cluster_id,
+        master_url="http://127.0.0.1:1",
+        credentials_encrypted=b"x",
+        tls_ca_bundle_pem="",
+        tls_fingerprint="",
+        tls_insecure=False,
+        request_id="",
+    )
+
+
+def _facts(uuid: str, state: XapiPowerState = XapiPowerState.RUNNING, order: int = 0) -> VmFacts:
+    return VmFacts(uuid, f"vm-{uuid}", state, "", "", order, 0, False, 1024)
+
+
+def _pool_facts() -> PoolFacts:
+    return PoolFacts("pool-uuid", "pool", "", "", VersionFacts(2, 15), HaFacts())
+
+
+def test_only_real_changes_are_logged_and_tokens_follow_batches(repository: Repository) -> None:
+    _register(repository, "c1")
+    full = Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True)
+    result = repository.apply_batch(full)
+    assert result.revisions == 3  # pool facts + two VMs
+    # The same facts again (an event batch): nothing to log, but the token moves.
+    same = repository.apply_batch(Batch("c1", 1, "t2", pool=_pool_facts(), vms=[_facts("a")]))
+    assert same.revisions == 0
+    config = repository.pool_config("c1")
+    assert config is not None and config.event_token == "t2"
+    changed = repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.HALTED)]))
+    assert changed.revisions == 1
+    # A full list without b: b is kept as removed.
+    relist = repository.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.HALTED)], full=True))
+    assert relist.revisions == 2  # a's power state re-reported (count 2), b removed
+    vm_b = repository.get_vm(uuid="b")
+    assert vm_b is not None and vm_b.removed and vm_b.power_state.value == "PowerReportMissing"
+    # A watcher of an older configuration writes nothing.
+    repository.update_pool("c1", master_url="http://127.0.0.1:2", credentials_encrypted=None, tls=None, request_id="")
+    with pytest.raises(StaleWatcherError):
+        repository.apply_batch(Batch("c1", 1, "t5", vms=[_facts("c")]))
+
+
+def test_revisions_are_committed_in_order_with_concurrent_writers(repository: Repository) -> None:
+    clusters = [f"c{i}" for i in range(4)]
+    for cluster in clusters:
+        _register(repository, cluster)
+    start = repository.current_revision()
+    gaps: list[str] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        position = start
+        while not stop.is_set() or position < repository.current_revision():
+            result = repository.read_changes(position, kinds=(), cluster_id="", limit=1000)
+            revisions = [sync_service_pb2.Change.FromString(payload).revision for payload in result.payloads]
+            if revisions != list(range(position + 1, position + 1 + len(revisions))):
+                gaps.append(f"after {position}: {revisions[:5]}")
+            position = max(position, result.position)
+
+    def write(cluster: str) -> None:
+        for round_ in range(15):
+            vms = [_facts(f"{cluster}-{i}", order=round_) for i in range(5)]
+            repository.apply_batch(Batch(cluster, 1, f"t{round_}", vms=vms))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(cluster,)) for cluster in clusters]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    stop.set()
+    reader.join(30)
+    assert gaps == []
+    assert repository.current_revision() == start + 4 * 15 * 5
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite"])
+def test_retention_answers_out_of_range(db_url: str, make_sync: Any) -> None:
+    sync: RunningSyncService = make_sync(db_url)
+    repository = sync.app.repository
+    _register(repository, "c1")
+    for round_ in range(10):
+        repository.apply_batch(Batch("c1", 1, f"t{round_}", vms=[_facts("a", order=round_)]))
+    last = repository.current_revision()
+    assert repository.compact(keep_changes=3, keep_seconds=0) == last - 3
+    with pytest.raises(grpc.RpcError) as info:
+        next(iter(sync.stub.WatchChanges(sync_service_pb2.WatchChangesRequest(since_revision=1), timeout=5)))
+    assert isinstance(info.value, grpc.Call) and info.value.code() == grpc.StatusCode.OUT_OF_RANGE
+    # From the oldest retained revision on, everything retained is sent; 0 means "every retained change".
+    for since in (last - 3, 0):
+        stream = sync.stub.WatchChanges(sync_service_pb2.WatchChangesRequest(since_revision=since), timeout=5)
+        revisions = []
+        for item in stream:
+            if item.HasField("bookmark"):
+                assert item.bookmark.revision == last
+                break
+            revisions.append(item.change.revision)
+        stream.cancel()  # type: ignore[no-untyped-call]
+        assert revisions == [last - 2, last - 1, last]

@@ -1,0 +1,177 @@
+"""Both services start from their command lines, serve health and reflection, and refuse unauthenticated calls.
+
+Each test runs `python -m <service>` as a child process on a real port, as an operator or a container would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography.fernet import Fernet
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from xsha_api.v1 import ha_service_pb2, ha_service_pb2_grpc, sync_service_pb2, sync_service_pb2_grpc
+from xsha_common.interceptors import bearer_token_metadata
+from xsha_common.procs import ChildProcess, ProcessFailedError, health_status
+from xsha_common.testing import TestPki, free_port, generate_test_pki
+
+TOKEN = "entrypoint-test-token"
+
+
+@dataclass(frozen=True)
+class ServiceUnderTest:
+    module: str
+    service_name: str
+    extra_args: tuple[str, ...]
+
+    def call_without_error(self, channel: grpc.Channel, metadata: tuple[tuple[str, str], ...]) -> None:
+        """One cheap RPC of the service; raises grpc.RpcError when refused."""
+        if self.module == "sync_service":
+            sync_service_pb2_grpc.HypervisorSyncServiceStub(channel).ListPools(
+                sync_service_pb2.ListPoolsRequest(), metadata=metadata, timeout=5
+            )
+        else:
+            ha_service_pb2_grpc.HaPolicyServiceStub(channel).GetSettings(
+                ha_service_pb2.GetSettingsRequest(), metadata=metadata, timeout=5
+            )
+
+
+SERVICES = [
+    ServiceUnderTest("sync_service", "cloudstack.xsha.v1.HypervisorSyncService", ()),
+    # The controller needs sync_service; these tests are about the server, so it stays off.
+    ServiceUnderTest("ha_service", "cloudstack.xsha.v1.HaPolicyService", ("--no-controller-enabled",)),
+]
+
+
+def start(service: ServiceUnderTest, tmp_path: Path, *extra: str) -> tuple[ChildProcess, str]:
+    port = free_port()
+    env = dict(os.environ)
+    args = [
+        "--listen-address",
+        f"127.0.0.1:{port}",
+        "--metrics-address",
+        "",
+        "--auth-tokens",
+        TOKEN,
+        "--database-url",
+        f"sqlite:///{tmp_path / 'db' / 'service.sqlite'}",
+        "--log-format",
+        "text",
+        *service.extra_args,
+        *extra,
+    ]
+    if service.module == "sync_service":
+        # Passed through the environment, as a deployment would: never on a command line.
+        env["XSHA_SYNC_CREDENTIALS_KEY"] = Fernet.generate_key().decode()
+    child = ChildProcess.python_module(service.module, service.module, args, log_path=tmp_path / "service.log", env=env)
+    child.start()
+    return child, f"127.0.0.1:{port}"
+
+
+@pytest.fixture(params=SERVICES, ids=[s.module for s in SERVICES])
+def service(request: pytest.FixtureRequest) -> ServiceUnderTest:
+    chosen: ServiceUnderTest = request.param
+    return chosen
+
+
+@pytest.fixture
+def running(service: ServiceUnderTest, tmp_path: Path) -> Iterator[tuple[ChildProcess, str]]:
+    child, target = start(service, tmp_path)
+    try:
+        child.wait_until_serving(target, timeout=60)
+        yield child, target
+    finally:
+        child.stop()
+
+
+def test_health_answers_serving_overall_and_for_the_service(
+    service: ServiceUnderTest, running: tuple[ChildProcess, str]
+) -> None:
+    _, target = running
+    assert health_status(target) == "SERVING"
+    assert health_status(target, service=service.service_name) == "SERVING"
+
+
+def test_reflection_lists_the_service_health_and_reflection(
+    service: ServiceUnderTest, running: tuple[ChildProcess, str]
+) -> None:
+    _, target = running
+    with grpc.insecure_channel(target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        responses = list(stub.ServerReflectionInfo(iter([request]), metadata=bearer_token_metadata(TOKEN), timeout=5))
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {service.service_name, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_a_call_without_or_with_a_wrong_token_is_unauthenticated(
+    service: ServiceUnderTest, running: tuple[ChildProcess, str]
+) -> None:
+    _, target = running
+    with grpc.insecure_channel(target) as channel:
+        for metadata in ((), bearer_token_metadata("not-the-token")):
+            with pytest.raises(grpc.RpcError) as refused:
+                service.call_without_error(channel, metadata)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        service.call_without_error(channel, bearer_token_metadata(TOKEN))
+
+
+def test_sigterm_shuts_down_cleanly(service: ServiceUnderTest, running: tuple[ChildProcess, str]) -> None:
+    child, target = running
+    child.send_signal(signal.SIGTERM)
+    assert child.stop(timeout=30) == 0
+    assert health_status(target) is None
+
+
+def test_a_bad_setting_is_refused_with_a_clear_message_and_exit_code_2(
+    service: ServiceUnderTest, tmp_path: Path
+) -> None:
+    child, target = start(service, tmp_path, "--max-workers", "0")
+    with pytest.raises(ProcessFailedError, match="exited with code 2"):
+        child.wait_until_serving(target, timeout=60)
+    assert "max_workers" in child.log_tail()
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[TestPki, TestPki]:
+    """The service's PKI, and another CA whose client certificates must be refused."""
+    return (
+        generate_test_pki(tmp_path_factory.mktemp("pki"), "xsha"),
+        generate_test_pki(tmp_path_factory.mktemp("other-pki"), "other"),
+    )
+
+
+def test_mutual_tls_refuses_clients_without_a_certificate_or_from_another_ca(
+    service: ServiceUnderTest, tmp_path: Path, pki: tuple[TestPki, TestPki]
+) -> None:
+    ours, theirs = pki
+    child, target = start(
+        service,
+        tmp_path,
+        "--tls-cert-file",
+        str(ours.server.cert_file),
+        "--tls-key-file",
+        str(ours.server.key_file),
+        "--tls-client-ca-file",
+        str(ours.ca.cert_file),
+    )
+    trusted_root = ours.ca.cert_pem
+    with_our_cert = grpc.ssl_channel_credentials(trusted_root, ours.client.key_pem, ours.client.cert_pem)
+    try:
+        child.wait_until_serving(target, timeout=60, credentials=with_our_cert)
+        without_cert = grpc.ssl_channel_credentials(trusted_root)
+        with_their_cert = grpc.ssl_channel_credentials(trusted_root, theirs.client.key_pem, theirs.client.cert_pem)
+        for refused_credentials in (without_cert, with_their_cert):
+            with grpc.secure_channel(target, refused_credentials) as channel, pytest.raises(grpc.RpcError) as refused:
+                service.call_without_error(channel, bearer_token_metadata(TOKEN))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        with grpc.secure_channel(target, with_our_cert) as channel:
+            service.call_without_error(channel, bearer_token_metadata(TOKEN))
+    finally:
+        child.stop()

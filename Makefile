@@ -39,7 +39,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -q -m "not slow" $(PYTEST_ARGS)
 
 run: $(STAMP)
-	$(BIN)/python -m xsha_common.demo
+	$(BIN)/python -m xsha_demo
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

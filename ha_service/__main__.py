@@ -38,7 +38,7 @@ SCHEMA = ConfigSchema(
         SettingGroup(
             "ha_service",
             (
-                Setting("sync_address", str, "127.0.0.1:50051", "sync_service gRPC address, host:port.",
+                Setting("sync_address", str, "127.0.0.1:50061", "sync_service gRPC address, host:port.",
                         validator=host_port),
                 Setting("sync_token", str, None, "Bearer token for sync_service.", secret=True),
                 Setting("sync_tls", bool, False, "Use TLS to sync_service."),

@@ -1,0 +1,1 @@
+"""The `xsha` command groups, one module each."""

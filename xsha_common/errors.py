@@ -32,6 +32,18 @@ class FieldViolation:
     reason: str = ""
 
 
+MAX_MESSAGE_BYTES = 1024
+MAX_DETAIL_BYTES = 256
+
+
+def _clip(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` UTF-8 bytes (on a character boundary), marked with an ellipsis."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[: max_bytes - 3].decode("utf-8", "ignore") + "\u2026"
+
+
 class ServiceError(Exception):
     """An expected failure of an RPC, reported to the client as a rich gRPC status."""
 
@@ -49,12 +61,21 @@ class ServiceError(Exception):
             raise ValueError("ServiceError cannot carry StatusCode.OK")
         if not _REASON_PATTERN.match(reason):
             raise ValueError(f"ServiceError reason must be UPPER_SNAKE_CASE (at most 63 characters), got {reason!r}")
+        # Bounded in UTF-8 bytes: the status travels in HTTP/2 headers, and a request echoing a megabyte field into
+        # its error must get that error (INVALID_ARGUMENT), not RESOURCE_EXHAUSTED from the transport.
+        message = _clip(message, MAX_MESSAGE_BYTES)
         super().__init__(message)
         self.code = code
         self.message = message
         self.reason = reason
-        self.metadata: dict[str, str] = {str(key): str(value) for key, value in (metadata or {}).items()}
-        self.field_violations: tuple[FieldViolation, ...] = tuple(field_violations or ())
+        self.metadata: dict[str, str] = {
+            _clip(str(key), MAX_DETAIL_BYTES): _clip(str(value), MAX_DETAIL_BYTES)
+            for key, value in (metadata or {}).items()
+        }
+        self.field_violations: tuple[FieldViolation, ...] = tuple(
+            FieldViolation(_clip(v.field, MAX_DETAIL_BYTES), _clip(v.description, MAX_DETAIL_BYTES), v.reason)
+            for v in field_violations or ()
+        )
         if isinstance(retry_delay, timedelta):
             retry_delay = retry_delay.total_seconds()
         self.retry_delay: float | None = retry_delay
@@ -110,6 +131,9 @@ def invalid_argument(
     return invalid_arguments([violation], reason=reason, message=message, metadata=metadata)
 
 
+MAX_REPORTED_VIOLATIONS = 10
+
+
 def invalid_arguments(
     violations: Sequence[FieldViolation],
     *,
@@ -120,8 +144,16 @@ def invalid_arguments(
     """Several request fields are wrong; report them all at once so the caller fixes them in one go."""
     if not violations:
         raise ValueError("invalid_arguments needs at least one field violation")
+    # A request with a thousand bad items must not produce an error larger than gRPC's 16 KiB header limit (the
+    # client would see RESOURCE_EXHAUSTED instead of the answer): report each distinct problem once, at most
+    # MAX_REPORTED_VIOLATIONS of them, and say how many more there are.
+    distinct = list(dict.fromkeys(violations))
+    more = len(distinct) - MAX_REPORTED_VIOLATIONS
+    violations = distinct[:MAX_REPORTED_VIOLATIONS]
     if message is None:
         message = "Invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in violations)
+        if more > 0:
+            message += f"; and {more} more problem(s) like these"
     return ServiceError(
         grpc.StatusCode.INVALID_ARGUMENT, message, reason, metadata=metadata, field_violations=violations
     )

@@ -1,7 +1,8 @@
 """Maps exceptions raised by servicers to gRPC statuses.
 
-`ServiceError` becomes its rich `google.rpc.Status`. Any other exception becomes INTERNAL with a generic message:
-the traceback goes to the server log (with the request id, if the client sent one), never to the client.
+`ServiceError` becomes its rich `google.rpc.Status`; a transient database error (connection lost, lock timeout)
+becomes UNAVAILABLE (DATABASE_UNAVAILABLE), so callers retry. Any other exception becomes INTERNAL with a generic
+message: the traceback goes to the server log (with the request id, if the client sent one), never to the client.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any, NoReturn
 
 import grpc
 
-from xsha_common.errors import ServiceError
+from xsha_common.db import is_transient_db_error
+from xsha_common.errors import ServiceError, unavailable
 from xsha_common.interceptors._handlers import (
     Continuation,
     MethodHandler,
@@ -52,6 +54,17 @@ class ErrorMappingInterceptor(ServerInterceptorBase):
             fields: dict[str, Any] = {"method": method}
             if call_request_id:
                 fields["request_id"] = call_request_id
+            if is_transient_db_error(error):
+                # The database is down or busy (a cut link, a lock): a dependency outage the caller retries,
+                # documented as UNAVAILABLE, not a server bug.
+                self._logger.warning("database unavailable in %s: %s", method, type(error).__name__, extra=fields)
+                context.abort_with_status(
+                    unavailable(
+                        "The service's database is unavailable right now; retry the call in a few seconds.",
+                        "DATABASE_UNAVAILABLE",
+                        retry_delay=1.0,
+                    ).to_grpc_status()
+                )
             self._logger.error("unexpected exception in %s", method, exc_info=error, extra=fields)
             context.abort(grpc.StatusCode.INTERNAL, internal_error_message(call_request_id))
 

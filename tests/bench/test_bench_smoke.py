@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +32,7 @@ TINY = {
 VALUE_KEYS = {"median", "min", "max"}
 
 
-def check_figure(doc: dict, number: int) -> None:
+def check_figure(doc: dict[str, Any], number: int) -> None:
     assert doc["figure"] == number
     for key in ("name", "target", "value", "unit", "repeats", "db", "wire", "met", "details"):
         assert key in doc, f"figure {number} lacks {key}: {doc}"

@@ -23,7 +23,12 @@ from xsha_common.config import (
     logging_settings_group,
     server_settings_group,
 )
-from xsha_common.db import prepare_sqlite_directory
+from xsha_common.db import (
+    DatabaseUnavailableError,
+    SchemaNotCurrentError,
+    prepare_sqlite_directory,
+    wait_for_database,
+)
 from xsha_common.logging import setup_logging
 from xsha_common.server import ServerSettings
 
@@ -71,7 +76,7 @@ SCHEMA = ConfigSchema(
 )  # fmt: skip
 
 
-def options_from(argv: Sequence[str] | None = None) -> tuple[HaServiceOptions, str, str]:
+def options_from(argv: Sequence[str] | None = None) -> tuple[HaServiceOptions, str, str, float]:
     config = load_config_or_exit(SCHEMA, argv)
     upgrade: bool | None = config.database_auto_upgrade
     db_url: str = config.database_url
@@ -102,17 +107,22 @@ def options_from(argv: Sequence[str] | None = None) -> tuple[HaServiceOptions, s
         auto_upgrade=upgrade,
         migration=MigrationConfig(lease_seconds=config.migration_lease_seconds),
     )
-    return options, config.log_level, config.log_format
+    return options, config.log_level, config.log_format, config.database_connect_timeout
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        options, level, log_format = options_from(argv)
+        options, level, log_format, connect_timeout = options_from(argv)
     except ConfigError as error:
         print(f"{error}\nRun with --help to see every setting.", file=sys.stderr)
         return 2
     setup_logging(level, log_format)
-    service = HaService(options)
+    try:
+        wait_for_database(options.db_url, timeout=connect_timeout)
+        service = HaService(options)
+    except (DatabaseUnavailableError, SchemaNotCurrentError) as error:
+        print(f"ha_service: {error}", file=sys.stderr)
+        return 2
     service.server.install_signal_handlers()
     service.start()
     service.server.wait()

@@ -11,7 +11,12 @@ from sync_service.crypto import CredentialsCipher, CredentialsKeyError
 from sync_service.handlers import WatchSettings
 from sync_service.settings import DEFAULT_KEY_FILE, SCHEMA, retention_settings, watcher_settings
 from xsha_common.config import ConfigError, load_config_or_exit
-from xsha_common.db import SchemaNotCurrentError, UnsupportedDatabaseURLError
+from xsha_common.db import (
+    DatabaseUnavailableError,
+    SchemaNotCurrentError,
+    UnsupportedDatabaseURLError,
+    wait_for_database,
+)
 from xsha_common.logging import setup_logging
 from xsha_common.server import ServerSettings
 
@@ -29,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(key_file) if key_file is not None else "",
             create_key_file=key_file is not None and key_file == DEFAULT_KEY_FILE,
         )
+        wait_for_database(config["database_url"], timeout=config["database_connect_timeout"])
         app = build_app(
             database_url=config["database_url"],
             cipher=cipher,
@@ -39,7 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             auto_upgrade=config["database_auto_upgrade"],
             owner=config["replica_id"],
         )
-    except (ConfigError, CredentialsKeyError, SchemaNotCurrentError, UnsupportedDatabaseURLError) as error:
+    except (
+        ConfigError,
+        CredentialsKeyError,
+        DatabaseUnavailableError,
+        SchemaNotCurrentError,
+        UnsupportedDatabaseURLError,
+    ) as error:
         log.error("sync_service cannot start", extra={"error": str(error)})
         print(f"sync_service: {error}", file=sys.stderr)
         return 2

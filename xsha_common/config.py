@@ -518,6 +518,13 @@ def database_settings_group(default_database_url: str) -> SettingGroup:
                 "Apply pending schema migrations at start-up (default: yes on SQLite, no on MariaDB/PostgreSQL, "
                 "where the operator runs them once before rolling out replicas).",
             ),
+            Setting(
+                "database_connect_timeout",
+                float,
+                60.0,
+                "At start-up, how long to wait for the database to answer before giving up (exit code 2).",
+                validator=in_range(0, 3600),
+            ),
         ),
     )
 

@@ -47,6 +47,7 @@ from xsha_common.logging import register_secret
 __all__ = [
     "NAMING_CONVENTION",
     "Backend",
+    "DatabaseUnavailableError",
     "SchemaNotCurrentError",
     "UnsupportedDatabaseURLError",
     "alembic_config",
@@ -65,6 +66,7 @@ __all__ = [
     "retry_transient",
     "run_migrations_online",
     "upgrade_to_head",
+    "wait_for_database",
     "write_transaction",
 ]
 
@@ -107,6 +109,10 @@ class UnsupportedDatabaseURLError(ValueError):
 
 class SchemaNotCurrentError(RuntimeError):
     """The database schema is not at the revision the code expects and automatic upgrade is off."""
+
+
+class DatabaseUnavailableError(RuntimeError):
+    """The database did not answer at start-up (within the wait), or refused the connection for good."""
 
 
 # --------------------------------------------------------------------------------------------------- engines
@@ -246,6 +252,37 @@ def prepare_sqlite_directory(url: str | URL) -> None:
     normalized = normalize_url(url)
     if backend_of(normalized) == "sqlite" and normalized.database:
         Path(normalized.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def wait_for_database(url: str | URL, *, timeout: float = 60.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Waits until the database answers. At start-up a database that is restarting, or a link being repaired,
+    should delay a service, not end it with a traceback; a permanent refusal (bad password, unknown database)
+    fails at once. Raises DatabaseUnavailableError with what to check."""
+    shown = normalize_url(url).render_as_string(hide_password=True)
+    prepare_sqlite_directory(url)
+    engine = create_engine_for(url, pool_size=1, max_overflow=0, connect_timeout=min(5.0, max(timeout, 0.5)))
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    try:
+        while True:
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                return
+            except sa_exc.DBAPIError as error:
+                if not is_transient_db_error(error):
+                    raise DatabaseUnavailableError(f"database {shown} refused the connection: {error.orig}") from None
+                if time.monotonic() >= deadline:
+                    raise DatabaseUnavailableError(
+                        f"database {shown} did not answer within {timeout:g} s ({error.orig}); check that it runs "
+                        "and is reachable, or raise database_connect_timeout"
+                    ) from None
+                delay = min(2.0, 0.2 * 2**attempt)
+                log.warning("database not answering yet; retrying", extra={"database": shown, "retry_in": delay})
+                sleep(delay)
+                attempt += 1
+    finally:
+        engine.dispose()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

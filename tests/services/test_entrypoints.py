@@ -15,11 +15,13 @@ import grpc
 import pytest
 from cryptography.fernet import Fernet
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from sqlalchemy import make_url
 
+from tests.harness.tcp_proxy import FaultProxy
 from xsha_api.v1 import ha_service_pb2, ha_service_pb2_grpc, sync_service_pb2, sync_service_pb2_grpc
 from xsha_common.interceptors import bearer_token_metadata
 from xsha_common.procs import ChildProcess, ProcessFailedError, health_status
-from xsha_common.testing import TestPki, free_port, generate_test_pki
+from xsha_common.testing import TestPki, free_port, generate_test_pki, wait_until
 
 TOKEN = "entrypoint-test-token"
 
@@ -175,3 +177,33 @@ def test_mutual_tls_refuses_clients_without_a_certificate_or_from_another_ca(
             service.call_without_error(channel, bearer_token_metadata(TOKEN))
     finally:
         child.stop()
+
+
+def test_a_database_that_never_answers_ends_start_up_with_a_clear_message_and_exit_code_2(
+    service: ServiceUnderTest, tmp_path: Path
+) -> None:
+    unreachable = f"mysql+pymysql://xsha:secret-db-password@127.0.0.1:{free_port()}/xsha"
+    child, target = start(service, tmp_path, "--database-url", unreachable, "--database-connect-timeout", "1")
+    with pytest.raises(ProcessFailedError, match="exited with code 2"):
+        child.wait_until_serving(target, timeout=60)
+    log = child.log_tail()
+    assert "did not answer within 1 s" in log
+    assert "secret-db-password" not in log
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("db_backend", ["mysql", "postgresql"])
+def test_a_database_that_comes_back_during_start_up_is_waited_for(
+    service: ServiceUnderTest, tmp_path: Path, db_url: str
+) -> None:
+    url = make_url(db_url)
+    with FaultProxy(str(url.host), int(url.port or 0)) as proxy:
+        proxy.cut()
+        through_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        child, target = start(service, tmp_path, "--database-url", through_proxy, "--database-auto-upgrade")
+        try:
+            wait_until(lambda: "database not answering yet" in child.log_tail(), timeout=60, what="a retry")
+            proxy.restore()
+            child.wait_until_serving(target, timeout=60)
+        finally:
+            child.stop()

@@ -8,6 +8,10 @@ with start_sync_service(db_url) as sync:
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
+import orjson
 from cryptography.fernet import Fernet
+from google.protobuf import duration_pb2
 
 from sync_service.app import SyncApp, build_app
 from sync_service.crypto import CredentialsCipher
@@ -317,7 +323,6 @@ class WatchRecorder:
     stream breaks (e.g. sync_service restarted), and records every change, so a test can prove exactly-once."""
 
     def __init__(self, target: Callable[[], RunningSyncService], since_revision: int, cluster_id: str = "") -> None:
-        import threading
 
         self._target = target
         self.position = since_revision
@@ -332,7 +337,6 @@ class WatchRecorder:
         self._thread.start()
 
     def _run(self) -> None:
-        from google.protobuf import duration_pb2
 
         while not self._stop.is_set():
             try:
@@ -420,12 +424,6 @@ def spawn(
 ) -> SyncServiceProcess:
     """Start `python -m sync_service` on a free port (auth off unless `extra_args` say otherwise) and wait until it
     serves. The child's JSON log lines are collected in `log_lines`."""
-    import os
-    import subprocess
-    import sys
-    import threading
-
-    import orjson
 
     child_env = {**os.environ, **(env or {})}
     if credentials_key is not None:

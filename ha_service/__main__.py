@@ -29,6 +29,7 @@ from xsha_common.db import (
     prepare_sqlite_directory,
     wait_for_database,
 )
+from xsha_common.leases import ReplicaRefusedError
 from xsha_common.logging import setup_logging
 from xsha_common.server import ServerSettings
 
@@ -53,6 +54,10 @@ SCHEMA = ConfigSchema(
                 Setting("sync_call_timeout", float, 10.0, "Deadline of each sync_service call, seconds.",
                         validator=in_range(0.1, 600)),
                 Setting("controller_enabled", bool, True, "Run the controller (watch stream, actions, repairs)."),
+                Setting("controller_lease_seconds", float, 10.0,
+                        "Controller lease period: with several replicas one runs the controller; a standby takes "
+                        "over within about one period after it dies.", validator=in_range(0.5, 600)),
+                Setting("replica_id", str, "", "Name of this replica in the controller lease (default host:pid)."),
                 Setting("controller_tick_interval", float, 1.0, "Seconds between time-rule checks.",
                         validator=in_range(0.05, 60)),
                 Setting("event_retention", int, 100_000, "HA events kept (pending actions are always kept).",
@@ -106,6 +111,8 @@ def options_from(argv: Sequence[str] | None = None) -> tuple[HaServiceOptions, s
         ),
         auto_upgrade=upgrade,
         migration=MigrationConfig(lease_seconds=config.migration_lease_seconds),
+        controller_lease_seconds=config.controller_lease_seconds,
+        replica_id=config.replica_id,
     )
     return options, config.log_level, config.log_format, config.database_connect_timeout
 
@@ -120,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         wait_for_database(options.db_url, timeout=connect_timeout)
         service = HaService(options)
-    except (DatabaseUnavailableError, SchemaNotCurrentError) as error:
+    except (DatabaseUnavailableError, SchemaNotCurrentError, ReplicaRefusedError) as error:
         print(f"ha_service: {error}", file=sys.stderr)
         return 2
     service.server.install_signal_handlers()

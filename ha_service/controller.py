@@ -56,6 +56,8 @@ from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
 from xsha_common.db import retry_transient, write_transaction
 
 log = logging.getLogger(__name__)
+# Names per IN (...) lookup.
+_NAME_CHUNK = 500
 
 _CAUSE_TO_PROTO = {
     dm.ActionCause.HALTED: ha_service_pb2.RESTART_CAUSE_VM_HALTED,
@@ -124,6 +126,7 @@ class Controller:
         metrics: HaMetrics | None = None,
         config: ControllerConfig | None = None,
         is_active_replica: Callable[[], bool] = lambda: True,
+        on_pool_change: Callable[[str | None], None] = lambda cluster_id: None,
     ) -> None:
         self.sessions = sessions
         self.sync = sync
@@ -132,6 +135,9 @@ class Controller:
         self.metrics = metrics or HaMetrics()
         self.config = config or ControllerConfig()
         self.is_active_replica = is_active_replica
+        # Told (from the watch thread, as soon as a pool change arrives) so pool-fact caches drop the entry;
+        # None: the stream (re)connected and changes may have been missed, drop everything.
+        self.on_pool_change = on_pool_change
         self._queue: queue.Queue[object] = queue.Queue()
         self._stop = threading.Event()
         self._stream: WatchStream | None = None
@@ -172,8 +178,11 @@ class Controller:
         self._threads.clear()
 
     def notify_decision(self, cluster_id: str, instance_name: str) -> None:
-        """A decision committed: apply it now if the VM is already in the mirror."""
-        self._queue.put(("decision", cluster_id, instance_name))
+        """A decision committed: apply it now if the VM is already in the mirror. Only then is there work (see
+        _on_decision), so the worker is not woken for each of a burst of decisions made ahead of their VMs: a VM
+        the worker adds to the mirror later is bound when it observes the VM, and the tick binds any left over."""
+        if (cluster_id, instance_name) in self.vm_by_name:
+            self._queue.put(("decision", cluster_id, instance_name))
 
     def tick_now(self) -> None:
         self._queue.put(("tick",))
@@ -208,6 +217,7 @@ class Controller:
                         stream.cancel()
                         return
                     self._stream = stream
+                self.on_pool_change(None)
                 self.connected.set()
                 self.metrics.controller_connected.set(1)
                 for item in stream:
@@ -215,6 +225,8 @@ class Controller:
                         return
                     backoff = self.config.reconnect_initial_backoff
                     if item.HasField("change"):
+                        if item.change.HasField("pool"):
+                            self.on_pool_change(item.change.pool.cluster_id or item.change.cluster_id)
                         self._queue.put(item.change)
                         since = max(since, item.change.revision)
                     else:
@@ -454,6 +466,8 @@ class Controller:
             if candidate is not None and (candidate.vm_uuid is None or not candidate.present):
                 row = candidate
                 if row.vm_uuid != vm.uuid:
+                    if row.vm_uuid is not None:
+                        self._forget_previous_vm(row)
                     row.vm_uuid = vm.uuid
                     row.observed_revision = 0
         if row is None:
@@ -474,6 +488,25 @@ class Controller:
         if vm.revision:
             row.observed_revision = vm.revision
         return self._reconcile(session, row, observation, now)
+
+    @staticmethod
+    def _forget_previous_vm(row: ManagedVmRow) -> None:
+        """A new VM under a decided name: its predecessor's outage, hosts and confirmed config are not its own."""
+        row.ever_present = False
+        row.was_running = False
+        row.observed_power_state = ""
+        row.observed_host_uuid = ""
+        row.observed_since = None
+        row.last_running_host_uuid = ""
+        row.down_since = None
+        row.host_failed = False
+        row.actions_requested = ""
+        row.overdue_notified = False
+        row.config_confirmed = False
+        row.drift_reported = ""
+        row.next_protection_attempt = None
+        if row.protection_state == "PROTECTED":
+            row.protection_state = "PENDING"
 
     def _reconcile_again(self, session: Session, row_id: int) -> _Work:
         row = session.execute(select(ManagedVmRow).where(ManagedVmRow.id == row_id).with_for_update()).scalar_one()
@@ -522,6 +555,7 @@ class Controller:
             decided=decided,
             redundant_router=row.redundant_router,
             unprotected_reason=refusal,
+            config_confirmed=row.config_confirmed,
         )
         memory = dm.VmMemory(
             last=self._last_observation(row, row.observed_since or now) if row.ever_present else None,
@@ -565,6 +599,7 @@ class Controller:
                 ),
                 drift_repair_enabled=settings.drift_repair_enabled,
                 cluster_migrating=migrating,
+                pool_ha_enabled=self._pool_ha_enabled(row.cluster_id),
             )
         )
         vm_type = cv.VM_TYPE_TO_PROTO[dm.VmType(row.vm_type)]
@@ -578,7 +613,8 @@ class Controller:
                     vm_type=vm_type,
                     message=action.message.replace(action.vm_uuid, f"{row.instance_name} ({action.vm_uuid})", 1),
                     cause=_CAUSE_TO_PROTO.get(action.cause, ha_service_pb2.RESTART_CAUSE_UNSPECIFIED),
-                    host_uuid=action.host_uuid or "",
+                    # As mirrored: a host the mirror does not (or no longer) know is unknown, not a hint.
+                    host_uuid=action.host_uuid if action.host_uuid in self.hosts else "",
                 )
             )
         for notice in result.notifications:
@@ -628,14 +664,24 @@ class Controller:
                 row.drift_reported = _config_key(mem.drift_reported)
         return work
 
-    @staticmethod
-    def _mark_confirmed(row: ManagedVmRow) -> None:
+    @classmethod
+    def _mark_confirmed(cls, row: ManagedVmRow) -> None:
+        """The mirror reports the decided config."""
         row.config_confirmed = True
         row.drift_reported = ""
-        row.protection_attempts = 0
         row.next_protection_attempt = None
+        cls._mark_protected(row)
+
+    @staticmethod
+    def _mark_protected(row: ManagedVmRow) -> None:
+        """XAPI holds the decided config."""
+        row.protection_attempts = 0
         row.unprotected_reason = ""
         row.protection_state = "PROTECTED" if row.ha_restart_priority == dm.RESTART_PRIORITY else "NOT_APPLICABLE"
+
+    def _pool_ha_enabled(self, cluster_id: str) -> bool:
+        pool = self.pools.get(cluster_id)
+        return pool is not None and pool.ha.ha_enabled
 
     @staticmethod
     def _notification(row: ManagedVmRow, notice: dm.Notification) -> NewNotification:
@@ -669,7 +715,8 @@ class Controller:
             log.warning("SetVmHaConfig(%s) failed, retried later: %s", apply.vm_uuid, error)
             return
         self.metrics.ha_config_writes.labels(outcome="ok").inc()
-        self._cache_vm(vm, False)
+        # Not into the mirror cache: the reply carries post-write content under the pre-write revision, and
+        # observing it would confirm the config before the mirror's older changes (without it) arrive as drift.
         self._run(lambda session: self._after_write(session, apply, vm))
 
     def _after_write(self, session: Session, apply: _Apply, vm: sync_service_pb2.Vm) -> _Work:
@@ -686,7 +733,9 @@ class Controller:
             row.observed_start_delay_s = observed.start_delay
         decided = dm.HaConfig(row.ha_restart_priority, row.ha_order, row.start_delay_s)
         if ha_config_drift(decided, observed) is None:
-            self._mark_confirmed(row)
+            # XAPI took it. config_confirmed (and drift_reported) wait for the mirror's own report of the config:
+            # changes the mirror made before this write may still arrive, and they are neither drift nor new drift.
+            self._mark_protected(row)
             if apply.repair_notice is not None:
                 work.events.append(self._notification(row, apply.repair_notice))
         return work
@@ -761,13 +810,25 @@ class Controller:
                     )
                 ).scalars()
             )
-            unbound = list(
-                session.execute(
-                    select(ManagedVmRow.cluster_id, ManagedVmRow.instance_name).where(
-                        ManagedVmRow.ever_present.is_(False)
+            # Decisions not yet bound to a VM, among the names the mirror has (only those can bind, see
+            # _on_decision): looked up by name rather than scanning every unbound decision, whose number grows with
+            # deployments that never produced a VM and made each tick slower.
+            names_by_cluster: dict[str, list[str]] = {}
+            for cluster_id, name in self.vm_by_name:
+                names_by_cluster.setdefault(cluster_id, []).append(name)
+            unbound: list[tuple[str, str]] = []
+            for cluster_id, names in names_by_cluster.items():
+                for start in range(0, len(names), _NAME_CHUNK):
+                    unbound.extend(
+                        (row.cluster_id, row.instance_name)
+                        for row in session.execute(
+                            select(ManagedVmRow.cluster_id, ManagedVmRow.instance_name).where(
+                                ManagedVmRow.cluster_id == cluster_id,
+                                ManagedVmRow.instance_name.in_(names[start : start + _NAME_CHUNK]),
+                                ManagedVmRow.ever_present.is_(False),
+                            )
+                        )
                     )
-                ).all()
-            )
         for row_id in dict.fromkeys(timed + retries):
             self._run(partial(self._reconcile_again, row_id=row_id))
         for cluster_id, name in unbound:

@@ -7,12 +7,15 @@ raised as xsha_common.errors.ServiceError.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Final, cast
 
 import grpc
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -44,7 +47,7 @@ from ha_service.store.models import (
 from ha_service.sync_client import SyncClient, SyncError, SyncNotFoundError, SyncUnavailableError
 from ha_service.validation import Violations
 from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
-from xsha_common.db import retry_transient, write_transaction
+from xsha_common.db import is_transient_db_error, retry_transient, write_transaction
 from xsha_common.errors import ServiceError, aborted, failed_precondition, not_found, unavailable
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,153 @@ class PoolView:
         return cv.pool_ha_facts(self.pool) if self.pool is not None and self.synced else None
 
 
+class PoolViewCache:
+    """DecideVmDeployment's pool facts per cluster, so a decision needs no GetPool round trip.
+
+    A decision reads only the pool's version and HA facts, which change only through sync_service's change log:
+    the controller's WatchChanges stream invalidates an entry when its pool changes (and everything when the
+    stream reconnects), and the TTL bounds staleness should an invalidation be missed. Only synced views are
+    kept, and only while `live()` says the invalidating stream is connected; a fetch that raced an invalidation
+    is not stored.
+    """
+
+    def __init__(
+        self,
+        ttl: float = 0.0,
+        live: Callable[[], bool] = lambda: False,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self._live = live
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[PoolView, float]] = {}
+        self._generation = 0
+
+    def get(self, cluster_id: str, fetch: Callable[[], PoolView]) -> PoolView:
+        if self.ttl <= 0 or not self._live():
+            return fetch()
+        now = self._monotonic()
+        with self._lock:
+            entry = self._entries.get(cluster_id)
+            generation = self._generation
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        view = fetch()
+        if view.reachable and view.synced:
+            with self._lock:
+                if self._generation == generation:
+                    self._entries[cluster_id] = (view, now + self.ttl)
+        return view
+
+    def invalidate(self, cluster_id: str | None = None) -> None:
+        """Forget `cluster_id`'s entry (None: every entry)."""
+        with self._lock:
+            self._generation += 1
+            if cluster_id is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(cluster_id, None)
+
+
+@dataclass
+class _DecisionJob:
+    """One DecideVmDeployment on its way through the group commit, with what it needs from outside the database."""
+
+    request: ha_service_pb2.DecideVmDeploymentRequest
+    vm_type: dm.VmType
+    verdict: dm.VersionVerdict
+    pool_ha: dm.PoolHaFacts | None
+    extra_warnings: list[dm.HaWarning]
+    unavailable_error: ServiceError | None
+    response: ha_service_pb2.DecideVmDeploymentResponse | None = None
+    error: BaseException | None = None
+    decided: bool = False  # a new decision was committed
+    done: bool = False
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
+class _GroupCommit:
+    """Concurrent decisions share transactions: one caller at a time leads, taking every job queued so far into
+    one transaction, then hands the lead to the oldest waiting caller. On SQLite, where writers are serialised,
+    each transaction (BEGIN, settings read, COMMIT) was most of a decision's cost; elsewhere it saves round trips.
+    A lone caller leads at once, so an idle service adds no delay."""
+
+    def __init__(self, run: Callable[[list[_DecisionJob]], None], max_batch: int = 64) -> None:
+        self._run = run
+        self._max_batch = max_batch
+        self._lock = threading.Lock()
+        self._pending: list[_DecisionJob] = []
+        self._leading = False
+
+    def submit(self, job: _DecisionJob) -> None:
+        """Returns once `job` has its response or error."""
+        with self._lock:
+            self._pending.append(job)
+            lead = not self._leading
+            self._leading = True
+        if not lead:
+            job.wake.wait()
+            if job.done:
+                return
+            # Promoted: this caller leads now, its job first in the queue.
+        with self._lock:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+        try:
+            self._run(batch)
+        except BaseException as error:
+            for item in batch:
+                if item.response is None and item.error is None:
+                    item.error = error
+            raise
+        finally:
+            for item in batch:
+                item.done = True
+                if item is not job:
+                    item.wake.set()
+            with self._lock:
+                if self._pending:
+                    self._pending[0].wake.set()
+                else:
+                    self._leading = False
+
+
+_MANAGED_VMS: Final = cast(Table, ManagedVmRow.__table__)
+# What a decision's proto is made of (cv.decision_to_proto).
+_DECISION_COLUMNS: Final = tuple(
+    _MANAGED_VMS.c[name]
+    for name in (
+        "cluster_id",
+        "instance_name",
+        "vm_uuid",
+        "vm_type",
+        "mode",
+        "ha_restart_priority",
+        "ha_order",
+        "start_delay_s",
+        "restarter",
+        "warnings_json",
+        "pinned_cluster",
+        "decide_time",
+    )
+)
+
+_SETTINGS_TABLE: Final = cast(Table, SettingsRow.__table__)
+_OVERRIDES_TABLE: Final = cast(Table, ClusterOverrideRow.__table__)
+_PINS_TABLE: Final = cast(Table, ClusterPinRow.__table__)
+# The group commit's statements. The settings row is read with a shared lock (see _decide_together).
+_SETTINGS_SHARED: Final = (
+    select(_SETTINGS_TABLE).where(_SETTINGS_TABLE.c.id == SETTINGS_ROW_ID).with_for_update(read=True)
+)
+_ALL_OVERRIDES: Final = select(_OVERRIDES_TABLE.c.cluster_id, _OVERRIDES_TABLE.c.native_ha_enabled)
+_PIN_OF: Final = select(_PINS_TABLE).where(_PINS_TABLE.c.cluster_id == bindparam("cluster_id"))
+_EXISTING_DECISIONS: Final = select(*_DECISION_COLUMNS).where(
+    _MANAGED_VMS.c.cluster_id == bindparam("cluster_id"),
+    _MANAGED_VMS.c.instance_name.in_(bindparam("names", expanding=True)),
+)
+
+
 class _ConflictError(Exception):
     """The VM or request id was decided by a concurrent call: answer with what it stored."""
 
@@ -145,6 +295,11 @@ class Handlers:
     bookmark_interval_default: float = 5.0
     # Called after a decision commits, so the controller applies it at once if the VM is already in the mirror.
     on_decision: Callable[[str, str], None] = field(default=lambda cluster, name: None)
+    pool_cache: PoolViewCache = field(default_factory=PoolViewCache)
+    _decisions: _GroupCommit = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._decisions = _GroupCommit(self._decide_batch)
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -334,12 +489,10 @@ class Handlers:
         stored = self._stored_response(method, request.request_id)
         if stored is not None:
             return ha_service_pb2.DecideVmDeploymentResponse.FromString(stored)
-        existing = self._decision_of(request.cluster_id, request.instance_name)
-        if existing is not None:
-            return existing
 
-        view = self.pool_view(request.cluster_id)
+        view = self.pool_cache.get(request.cluster_id, lambda: self.pool_view(request.cluster_id))
         extra_warnings: list[dm.HaWarning] = []
+        unavailable_error: ServiceError | None = None
         request_version = (
             request.hypervisor_version
             if request.HasField("hypervisor_version") and cv.version_known(request.hypervisor_version)
@@ -347,7 +500,8 @@ class Handlers:
         )
         if not view.reachable:
             if request_version is None:
-                raise unavailable(
+                # Raised only if the VM has no decision yet (an existing one is still answered).
+                unavailable_error = unavailable(
                     f"sync_service is unreachable ({view.error}) and the request carries no hypervisor_version, so "
                     "the pool's version is unknown. Retry later, or pass hypervisor_version.",
                     "SYNC_SERVICE_UNAVAILABLE",
@@ -361,18 +515,195 @@ class Handlers:
                 )
             )
         version = view.version or request_version
-        verdict = native_ha_supported(cv.version_facts(version) if version is not None else None)
-        pool_ha = view.pool_ha
-        vm_type = cv.VM_TYPE_TO_DOMAIN[request.vm_type]
+        job = _DecisionJob(
+            request=request,
+            vm_type=cv.VM_TYPE_TO_DOMAIN[request.vm_type],
+            verdict=native_ha_supported(cv.version_facts(version) if version is not None else None),
+            pool_ha=view.pool_ha,
+            extra_warnings=extra_warnings,
+            unavailable_error=unavailable_error,
+        )
+        self._decisions.submit(job)
+        if job.error is not None:
+            raise job.error
+        assert job.response is not None
+        if job.decided:
+            self.on_decision(request.cluster_id, request.instance_name)
+        return job.response
+
+    def _decide_batch(self, jobs: list[_DecisionJob]) -> None:
+        """Decides `jobs` in one transaction (one BEGIN/COMMIT, one settings read, one lookup of existing
+        decisions for all). Should that transaction fail other than transiently (e.g. a concurrent replica decided
+        the same VM), each job is decided on its own, as it would have been without grouping."""
+        try:
+            outcomes = retry_transient(lambda: self._decide_together(jobs))
+        except Exception as error:
+            if is_transient_db_error(error):
+                for job in jobs:
+                    job.error = error
+                return
+            log.debug("grouped decision failed (%s); deciding one by one", error)
+            for job in jobs:
+                try:
+                    job.response, job.decided = self._decide_alone(job)
+                except Exception as single_error:
+                    job.error = single_error
+            return
+        for job, (outcome, mode) in zip(jobs, outcomes, strict=True):
+            if isinstance(outcome, ServiceError):
+                job.error = outcome
+            else:
+                job.response = outcome
+                job.decided = mode is not None
+                if mode is not None:
+                    self.metrics.decisions.labels(mode=mode).inc()
+
+    def _decide_together(
+        self, jobs: list[_DecisionJob]
+    ) -> list[tuple[ha_service_pb2.DecideVmDeploymentResponse | ServiceError, str | None]]:
+        """Each job's response (or refusal) and, for a new decision, its mode. Raises on a database error."""
+        method = "DecideVmDeployment"
+        now = self.clock()
+        outcomes: list[tuple[ha_service_pb2.DecideVmDeploymentResponse | ServiceError, str | None]] = []
+        with write_transaction(self.sessions) as session:
+            # A shared lock on the settings row: concurrent decisions proceed together, a concurrent
+            # UpdateSettings (exclusive lock) waits, so a pin is always made from the settings it was checked on.
+            # Core rows, not ORM objects, and statements built once, on this path: with small groups the ORM's
+            # per-statement work was most of a grouped decision. The rows carry the model's attribute names.
+            connection = session.connection()
+            settings = settings_from_row(cast(SettingsRow, connection.execute(_SETTINGS_SHARED).one()))
+            overrides: dict[str, bool] = {cluster: enabled for cluster, enabled in connection.execute(_ALL_OVERRIDES)}
+            decided: dict[tuple[str, str], ha_service_pb2.DecideVmDeploymentResponse] = {}
+            names_by_cluster: dict[str, set[str]] = {}
+            for job in jobs:
+                names_by_cluster.setdefault(job.request.cluster_id, set()).add(job.request.instance_name)
+            for cluster_id, names in names_by_cluster.items():
+                for existing in connection.execute(
+                    _EXISTING_DECISIONS, {"cluster_id": cluster_id, "names": sorted(names)}
+                ):
+                    decided[(cluster_id, existing.instance_name)] = ha_service_pb2.DecideVmDeploymentResponse(
+                        decision=cv.decision_to_proto(cast(ManagedVmRow, existing))
+                    )
+            request_ids = sorted({job.request.request_id for job in jobs if job.request.request_id})
+            stored: dict[str, bytes] = {}
+            if request_ids:
+                stored = {
+                    row.request_id: row.response
+                    for row in session.execute(
+                        select(RequestRow).where(RequestRow.method == method, RequestRow.request_id.in_(request_ids))
+                    ).scalars()
+                }
+            pins: dict[str, ClusterPinRow | None] = {}  # rows with ClusterPinRow's attributes
+            new_vms: list[dict[str, Any]] = []
+            new_requests: list[dict[str, Any]] = []
+            for job in jobs:
+                request = job.request
+                key = (request.cluster_id, request.instance_name)
+                if request.request_id in stored:
+                    outcomes.append(
+                        (ha_service_pb2.DecideVmDeploymentResponse.FromString(stored[request.request_id]), None)
+                    )
+                    continue
+                if key in decided:
+                    outcomes.append((decided[key], None))
+                    continue
+                if job.unavailable_error is not None:
+                    outcomes.append((job.unavailable_error, None))
+                    continue
+                if request.cluster_id not in pins:
+                    pin_row = connection.execute(_PIN_OF, {"cluster_id": request.cluster_id}).one_or_none()
+                    pins[request.cluster_id] = cast(ClusterPinRow | None, pin_row)
+                pin = pins[request.cluster_id]
+                try:
+                    decision = self._decide(request, job.vm_type, job.verdict, settings, overrides, pin, job.pool_ha)
+                except ServiceError as refusal:
+                    outcomes.append((refusal, None))
+                    continue
+                pinned_now = False
+                if decision.pins_cluster:
+                    assert decision.mode is not None
+                    pin = ClusterPinRow(
+                        cluster_id=request.cluster_id,
+                        mode=str(decision.mode),
+                        pinned_by=request.instance_name,
+                        pin_time=now,
+                    )
+                    # A concurrent replica's pin makes this raise: the batch is then decided job by job.
+                    with session.begin_nested():
+                        session.add(pin)
+                    pins[request.cluster_id] = pin
+                    pinned_now = True
+                values = self._managed_vm_values(job, decision, pinned_now, now)
+                response = ha_service_pb2.DecideVmDeploymentResponse(
+                    decision=cv.decision_to_proto(cast(ManagedVmRow, SimpleNamespace(**values)))
+                )
+                new_vms.append(values)
+                decided[key] = response
+                if request.request_id:
+                    serialized = response.SerializeToString()
+                    stored[request.request_id] = serialized
+                    new_requests.append(
+                        {"method": method, "request_id": request.request_id, "response": serialized, "create_time": now}
+                    )
+                outcomes.append((response, str(decision.mode)))
+            # Duplicates (a concurrent replica decided the same VM or request) raise: the batch goes one by one.
+            if new_vms:
+                connection.execute(insert(_MANAGED_VMS), new_vms)
+            if new_requests:
+                connection.execute(insert(cast(Table, RequestRow.__table__)), new_requests)
+        return outcomes
+
+    @staticmethod
+    def _managed_vm_values(
+        job: _DecisionJob, decision: dm.DeploymentDecision, pinned_now: bool, now: float
+    ) -> dict[str, Any]:
+        """A new decision's ha_managed_vms row (the other columns take their defaults)."""
+        request = job.request
+        warnings = list(job.verdict.warnings) + list(decision.warnings) + job.extra_warnings
+        return {
+            "cluster_id": request.cluster_id,
+            "instance_name": request.instance_name,
+            "vm_uuid": request.vm_uuid or None,
+            "vm_type": str(job.vm_type),
+            "offering_ha_enabled": request.offering_ha_enabled,
+            "redundant_router": request.redundant_router,
+            "mode": str(decision.mode),
+            "ha_restart_priority": decision.ha_restart_priority,
+            "ha_order": decision.order,
+            "start_delay_s": decision.start_delay,
+            "restarter": str(decision.restarter),
+            "warnings_json": cv.warnings_to_json(warnings),
+            "pinned_cluster": pinned_now,
+            "decide_time": now,
+            "decision_request_id": request.request_id or None,
+            "wanted_state": "RUNNING",
+            "protection_state": "PENDING" if decision.ha_restart_priority == dm.RESTART_PRIORITY else "NOT_APPLICABLE",
+            "unprotected_reason": "",
+            "config_confirmed": False,
+            "protection_attempts": 0,
+            "drift_reported": "",
+            "update_time": now,
+        }
+
+    def _decide_alone(self, job: _DecisionJob) -> tuple[ha_service_pb2.DecideVmDeploymentResponse, bool]:
+        """One decision in its own transaction (the path without grouping); True when it made a new decision."""
+        method = "DecideVmDeployment"
+        request = job.request
+        stored = self._stored_response(method, request.request_id)
+        if stored is not None:
+            return ha_service_pb2.DecideVmDeploymentResponse.FromString(stored), False
+        existing = self._decision_of(request.cluster_id, request.instance_name)
+        if existing is not None:
+            return existing, False
+        if job.unavailable_error is not None:
+            raise job.unavailable_error
 
         def transaction() -> ha_service_pb2.DecideVmDeploymentResponse:
             now = self.clock()
             with write_transaction(self.sessions) as session:
-                # A shared lock on the settings row: concurrent decisions proceed together, a concurrent
-                # UpdateSettings (exclusive lock) waits, so a pin is always made from the settings it was checked on.
                 settings, overrides, _ = load_settings(session, lock="share")
                 pin = session.get(ClusterPinRow, request.cluster_id)
-                decision = self._decide(request, vm_type, verdict, settings, overrides, pin, pool_ha)
+                decision = self._decide(request, job.vm_type, job.verdict, settings, overrides, pin, job.pool_ha)
                 pinned_now = False
                 if decision.pins_cluster:
                     assert decision.mode is not None
@@ -392,34 +723,10 @@ class Handlers:
                         winner = session.execute(
                             select(ClusterPinRow).where(ClusterPinRow.cluster_id == request.cluster_id)
                         ).scalar_one()
-                        decision = self._decide(request, vm_type, verdict, settings, overrides, winner, pool_ha)
-                warnings = list(verdict.warnings) + list(decision.warnings) + extra_warnings
-                row = ManagedVmRow(
-                    cluster_id=request.cluster_id,
-                    instance_name=request.instance_name,
-                    vm_uuid=request.vm_uuid or None,
-                    vm_type=str(vm_type),
-                    offering_ha_enabled=request.offering_ha_enabled,
-                    redundant_router=request.redundant_router,
-                    mode=str(decision.mode),
-                    ha_restart_priority=decision.ha_restart_priority,
-                    ha_order=decision.order,
-                    start_delay_s=decision.start_delay,
-                    restarter=str(decision.restarter),
-                    warnings_json=cv.warnings_to_json(warnings),
-                    pinned_cluster=pinned_now,
-                    decide_time=now,
-                    decision_request_id=request.request_id or None,
-                    wanted_state="RUNNING",
-                    protection_state="PENDING"
-                    if decision.ha_restart_priority == dm.RESTART_PRIORITY
-                    else "NOT_APPLICABLE",
-                    unprotected_reason="",
-                    config_confirmed=False,
-                    protection_attempts=0,
-                    drift_reported="",
-                    update_time=now,
-                )
+                        decision = self._decide(
+                            request, job.vm_type, job.verdict, settings, overrides, winner, job.pool_ha
+                        )
+                row = ManagedVmRow(**self._managed_vm_values(job, decision, pinned_now, now))
                 try:
                     with session.begin_nested():
                         session.add(row)
@@ -431,16 +738,14 @@ class Handlers:
                 return response
 
         try:
-            response = retry_transient(transaction)
+            return retry_transient(transaction), True
         except _ConflictError:
             stored = self._stored_response(method, request.request_id)
             if stored is not None:
-                return ha_service_pb2.DecideVmDeploymentResponse.FromString(stored)
+                return ha_service_pb2.DecideVmDeploymentResponse.FromString(stored), False
             existing = self._decision_of(request.cluster_id, request.instance_name)
             assert existing is not None
-            return existing
-        self.on_decision(request.cluster_id, request.instance_name)
-        return response
+            return existing, False
 
     def _decide(
         self,
@@ -564,6 +869,10 @@ class Handlers:
                 if row.wanted_state != wanted:
                     row.wanted_state = wanted
                     row.update_time = self.clock()
+                    if wanted == "RUNNING":
+                        # R7: only a VM seen running since it was wanted running can die; the mirror may still
+                        # show the stop that preceded this start.
+                        row.was_running = False
                 return ha_service_pb2.SetVmWantedStateResponse(vm=cv.managed_vm_to_proto(row))
 
         return retry_transient(transaction)

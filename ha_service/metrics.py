@@ -22,6 +22,9 @@ class HaMetrics:
         self.controller_connected = self.registry.gauge(
             "ha_controller_connected", "1 while the controller's watch on sync_service is open."
         )
+        self.controller_active = self.registry.gauge(
+            "ha_controller_active", "1 on the replica whose controller holds the controller lease."
+        )
         self.ha_config_writes = self.registry.counter(
             "ha_config_writes", "SetVmHaConfig calls made by the controller, by outcome.", ("outcome",)
         )

@@ -115,6 +115,7 @@ def test_options(
     controller_enabled: bool = True,
     settings_defaults: HaSettings | None = None,
     tick_interval: float = 0.1,
+    controller_lease_seconds: float = 10.0,
 ) -> HaServiceOptions:
     return HaServiceOptions(
         db_url=db_url,
@@ -135,6 +136,7 @@ def test_options(
         settings_defaults=settings_defaults or HaSettings(),
         auto_upgrade=True,
         bookmark_interval=0.5,
+        controller_lease_seconds=controller_lease_seconds,
     )
 
 

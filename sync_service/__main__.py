@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from sync_service.app import build_app
 from sync_service.crypto import CredentialsCipher, CredentialsKeyError
 from sync_service.handlers import WatchSettings
-from sync_service.settings import DEFAULT_KEY_FILE, SCHEMA, retention_settings, watcher_settings
+from sync_service.settings import DEFAULT_KEY_FILE, SCHEMA, lease_settings, retention_settings, watcher_settings
 from xsha_common.config import ConfigError, load_config_or_exit
 from xsha_common.db import (
     DatabaseUnavailableError,
@@ -17,6 +17,7 @@ from xsha_common.db import (
     UnsupportedDatabaseURLError,
     wait_for_database,
 )
+from xsha_common.leases import ReplicaRefusedError
 from xsha_common.logging import setup_logging
 from xsha_common.server import ServerSettings
 
@@ -44,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             watch=WatchSettings(poll_interval=config["watch_poll_seconds"]),
             auto_upgrade=config["database_auto_upgrade"],
             owner=config["replica_id"],
+            leases=lease_settings(config),
         )
     except (
         ConfigError,
@@ -51,6 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         DatabaseUnavailableError,
         SchemaNotCurrentError,
         UnsupportedDatabaseURLError,
+        ReplicaRefusedError,
     ) as error:
         log.error("sync_service cannot start", extra={"error": str(error)})
         print(f"sync_service: {error}", file=sys.stderr)

@@ -7,14 +7,16 @@ from dataclasses import dataclass, field
 
 from sync_service.crypto import CredentialsCipher
 from sync_service.handlers import SyncHandlers, WatchSettings
+from sync_service.leases import LeaseSettings, PoolLeases
 from sync_service.metrics import SyncMetrics
 from sync_service.servicer import SERVICE_NAME, HypervisorSyncServicer
 from sync_service.store.models import VERSION_TABLE
 from sync_service.store.repository import ChangeNotifier, Repository
-from sync_service.supervisor import RetentionSettings, Supervisor
+from sync_service.supervisor import RetentionSettings, Supervisor, default_owner
 from sync_service.watcher import WatcherSettings
 from xsha_api.v1 import sync_service_pb2_grpc
-from xsha_common.db import create_engine_for, ensure_schema, prepare_sqlite_directory
+from xsha_common.db import backend_of, create_engine_for, ensure_schema, prepare_sqlite_directory
+from xsha_common.leases import SqliteReplicaLock
 from xsha_common.metrics import MetricsRegistry
 from xsha_common.server import ServerSettings, ServiceRegistration, ServiceServer, build_server
 
@@ -63,13 +65,28 @@ def build_app(
     auto_upgrade: bool | None = None,
     owner: str = "",
     reconcile_interval: float = 10.0,
+    leases: LeaseSettings | None = None,
 ) -> SyncApp:
+    """Raises ReplicaRefusedError when another replica already runs on the same SQLite database."""
     prepare_sqlite_directory(database_url)
-    ensure_schema("sync_service", database_url, VERSION_TABLE, auto_upgrade=auto_upgrade)
+    replica_lock = SqliteReplicaLock(database_url, "sync_service").acquire()
+    try:
+        ensure_schema("sync_service", database_url, VERSION_TABLE, auto_upgrade=auto_upgrade)
+    except BaseException:
+        replica_lock.release()
+        raise
     engine = create_engine_for(database_url, pool_size=10, max_overflow=20)
     registry = MetricsRegistry()
     metrics = SyncMetrics(registry)
     repository = Repository(engine, ChangeNotifier(), on_write=metrics.db_write_seconds.observe)
+    owner = owner or default_owner()
+    pool_leases = PoolLeases(
+        engine,
+        owner,
+        leases or LeaseSettings(),
+        address=server_settings.listen_address,
+        single=backend_of(engine) == "sqlite",
+    )
     supervisor = Supervisor(
         repository,
         cipher,
@@ -78,6 +95,7 @@ def build_app(
         metrics=metrics,
         owner=owner,
         reconcile_interval=reconcile_interval,
+        leases=pool_leases,
     )
     handlers = SyncHandlers(repository, supervisor, cipher, watch=watch)
     servicer = HypervisorSyncServicer(handlers)
@@ -92,4 +110,5 @@ def build_app(
     )
     server.add_shutdown_callback(supervisor.stop, "stop pool watchers")
     server.add_shutdown_callback(engine.dispose, "close the database")
+    server.add_shutdown_callback(replica_lock.release, "release the SQLite replica lock")
     return SyncApp(server, supervisor, repository, handlers, metrics)

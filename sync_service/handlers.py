@@ -208,8 +208,11 @@ class SyncHandlers:
         return self._live_status(pool)
 
     def _live_status(self, pool: PoolInfo) -> PoolInfo:
-        """A pool no watcher of this process follows is shown as such, whatever the table last said."""
+        """A pool no watcher follows is shown as such, whatever the table last said (a pool another replica holds
+        the lease of shows the status that replica writes)."""
         watcher = self.supervisor.watcher(pool.cluster_id)
+        if self.supervisor.followed_elsewhere(pool.cluster_id):
+            return pool
         if watcher is None or not watcher.alive:
             return replace(pool, status=replace(pool.status, state="IDLE", connected=False))
         return pool
@@ -325,7 +328,8 @@ class SyncHandlers:
         mirrored = self.get_vm(uuid=vm_uuid)
         if mirrored.removed:
             raise not_found("VM", vm_uuid, reason="VM_NOT_FOUND", hint="the VM is gone from XAPI")
-        watcher = self.supervisor.watcher(mirrored.cluster_id)
+        # Any replica writes with its own command connection; the pool's owner mirrors the result.
+        watcher = self.supervisor.command_watcher(mirrored.cluster_id)
         if watcher is None:
             raise unavailable(
                 f"pool {mirrored.cluster_id} is not watched by this replica; retry", "POOL_NOT_WATCHED", retry_delay=5

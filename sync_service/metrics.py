@@ -22,6 +22,12 @@ class SyncMetrics:
         )
         self.reconnects = self.registry.counter("sync_reconnects", "XAPI reconnects.", ("cluster_id",))
         self.full_syncs = self.registry.counter("sync_full_syncs", "Full re-lists of a pool.", ("cluster_id",))
+        self.stale_writes_refused = self.registry.counter(
+            "sync_stale_writes_refused",
+            "Batches refused because the pool's lease had been taken over (stale fencing epoch).",
+            ("cluster_id",),
+        )
+        self.pools_held = self.registry.gauge("sync_pools_held", "Pool leases this replica holds.", ())
         self.db_write_seconds = self.registry.histogram(
             "sync_db_write_seconds", "Duration of one batch write transaction.", buckets=_DB_WRITE_BUCKETS
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final
 
+from sync_service.leases import LeaseSettings
 from sync_service.supervisor import RetentionSettings
 from sync_service.watcher import WatcherSettings
 from xsha_common.config import (
@@ -46,6 +47,9 @@ _SYNC_SETTINGS = (
             "How often watch streams poll the change log for other replicas' commits.",
             validator=in_range(0.01, 60)),
     Setting("replica_id", str, "", "Name of this replica in sync status (default host:pid)."),
+    Setting("lease_period_seconds", float, 10.0,
+            "Pool lease period: a dead replica's pools are taken over within about one period; leases are "
+            "renewed every third of it.", validator=in_range(0.5, 600)),
 )  # fmt: skip
 
 SCHEMA: Final = ConfigSchema(
@@ -69,6 +73,10 @@ def watcher_settings(config: Config) -> WatcherSettings:
         request_timeout=config["xapi_request_timeout_seconds"],
         wire=config["xapi_wire_format"],
     )
+
+
+def lease_settings(config: Config) -> LeaseSettings:
+    return LeaseSettings(period=config["lease_period_seconds"])
 
 
 def retention_settings(config: Config) -> RetentionSettings:

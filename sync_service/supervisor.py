@@ -9,6 +9,7 @@ import threading
 from dataclasses import dataclass
 
 from sync_service.crypto import CredentialsCipher
+from sync_service.leases import PoolLeases
 from sync_service.metrics import SyncMetrics
 from sync_service.store.repository import Repository
 from sync_service.watcher import PoolWatcher, WatcherSettings
@@ -38,6 +39,7 @@ class Supervisor:
         metrics: SyncMetrics | None = None,
         owner: str = "",
         reconcile_interval: float = 10.0,
+        leases: PoolLeases | None = None,
     ) -> None:
         self.repository = repository
         self.cipher = cipher
@@ -46,7 +48,11 @@ class Supervisor:
         self.metrics = metrics
         self.owner = owner or default_owner()
         self.reconcile_interval = reconcile_interval
+        # Several replicas share the pools through leases; without, this replica watches every pool.
+        self.leases = leases
         self._watchers: dict[str, PoolWatcher] = {}
+        # Unstarted watchers of pools another replica watches, used only for their command connection.
+        self._command_watchers: dict[str, PoolWatcher] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -62,27 +68,78 @@ class Supervisor:
             self._thread.join(10)
         with self._lock:
             watchers, self._watchers = list(self._watchers.values()), {}
-        for watcher in watchers:
+            commanders, self._command_watchers = list(self._command_watchers.values()), {}
+        for watcher in watchers + commanders:
             watcher.stop()
+        if self.leases is not None:
+            with self._lock:
+                self.leases.retire()
 
     def watcher(self, cluster_id: str) -> PoolWatcher | None:
         with self._lock:
             return self._watchers.get(cluster_id)
 
+    def command_watcher(self, cluster_id: str) -> PoolWatcher | None:
+        """The watcher whose command connection writes to the pool: ours when we watch it, else an unstarted one
+        (any replica may run a plain XAPI write; the owner's watcher mirrors the result)."""
+        with self._lock:
+            watcher = self._watchers.get(cluster_id)
+            if watcher is not None:
+                return watcher
+            config = self.repository.pool_config(cluster_id)
+            if config is None:
+                return None
+            commander = self._command_watchers.get(cluster_id)
+            if commander is None or commander.generation != config.config_generation:
+                if commander is not None:
+                    commander.stop(0)
+                commander = PoolWatcher(config, self.repository, self.cipher, self.watcher_settings, owner=self.owner)
+                self._command_watchers[cluster_id] = commander
+            return commander
+
+    def followed_elsewhere(self, cluster_id: str) -> bool:
+        """Whether another replica holds the pool's lease (as of the last lease round)."""
+        if self.leases is None:
+            return False
+        holder = self.leases.owner_of(cluster_id)
+        return bool(holder) and holder != self.leases.holder
+
     def reconcile(self) -> None:
-        """Make the running watchers match the registered pools (new, reconfigured, deregistered, crashed)."""
+        """Make the running watchers match the registered pools (new, reconfigured, deregistered, crashed) and,
+        with leases, the pools this replica holds."""
         if self._stop.is_set():
             return
         configs = {config.cluster_id: config for config in self.repository.pool_configs()}
         with self._lock:
+            epochs: dict[str, int] | None = None
+            if self.leases is not None:
+                for cluster_id, watcher in self._watchers.items():
+                    if watcher.lease_lost:  # a refused write: the pool is another replica's now
+                        self.leases.forget(cluster_id)
+                plan = self.leases.round(list(configs))
+                for cluster_id in plan.release:
+                    running = self._watchers.pop(cluster_id, None)
+                    if running is not None:
+                        running.stop()
+                    self.leases.release(cluster_id, plan.release[cluster_id])
+                epochs = {c: e for c, e in plan.held.items() if c not in plan.release}
+                if self.metrics is not None:
+                    self.metrics.pools_held.set(len(epochs))
             for cluster_id, watcher in list(self._watchers.items()):
                 config = configs.get(cluster_id)
-                if config is None or config.config_generation != watcher.generation or not watcher.alive:
+                if (
+                    config is None
+                    or config.config_generation != watcher.generation
+                    or not watcher.alive
+                    or (epochs is not None and epochs.get(cluster_id) != watcher.lease_epoch)
+                ):
                     watcher.stop()
                     del self._watchers[cluster_id]
                     if config is None and self.metrics is not None:
                         self.metrics.forget(cluster_id)
             for cluster_id, config in configs.items():
+                if epochs is not None and cluster_id not in epochs:
+                    continue
                 if cluster_id not in self._watchers:
                     watcher = PoolWatcher(
                         config,
@@ -91,6 +148,9 @@ class Supervisor:
                         self.watcher_settings,
                         metrics=self.metrics,
                         owner=self.owner,
+                        lease=(self.leases.holder, epochs[cluster_id])
+                        if self.leases is not None and epochs is not None
+                        else None,
                     )
                     self._watchers[cluster_id] = watcher
                     watcher.start()
@@ -103,10 +163,13 @@ class Supervisor:
 
     def _housekeeping(self) -> None:
         since_compaction = 0.0
-        while not self._stop.wait(self.reconcile_interval):
+        interval = self.reconcile_interval
+        if self.leases is not None:
+            interval = min(interval, self.leases.settings.renew_interval)
+        while not self._stop.wait(interval):
             try:
                 self.reconcile()
-                since_compaction += self.reconcile_interval
+                since_compaction += interval
                 if since_compaction >= self.retention.interval_seconds:
                     since_compaction = 0.0
                     self.compact()

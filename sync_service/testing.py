@@ -26,6 +26,7 @@ from google.protobuf import duration_pb2
 from sync_service.app import SyncApp, build_app
 from sync_service.crypto import CredentialsCipher
 from sync_service.handlers import WatchSettings
+from sync_service.leases import LeaseSettings
 from sync_service.supervisor import RetentionSettings
 from sync_service.watcher import WatcherSettings
 from xsha_api.v1 import sync_service_pb2, sync_service_pb2_grpc
@@ -150,6 +151,7 @@ def start(
     reconcile_interval: float = 1.0,
     owner: str = "test-replica",
     listen_address: str = "127.0.0.1:0",
+    lease_period: float = 10.0,
 ) -> RunningSyncService:
     """A started sync_service on a free port (migrating `database_url` first). Stop it with `.stop()`."""
     key = credentials_key or Fernet.generate_key().decode()
@@ -174,6 +176,7 @@ def start(
         auto_upgrade=True,
         owner=owner,
         reconcile_interval=reconcile_interval,
+        leases=LeaseSettings(period=lease_period),
     )
     app.start()
     channel = grpc.insecure_channel(app.address)

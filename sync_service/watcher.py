@@ -11,6 +11,7 @@ the pool are tried. The client layer refuses any method outside its allow-list, 
 from __future__ import annotations
 
 import logging
+import queue
 import random
 import threading
 import time
@@ -23,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sync_service.crypto import Credentials, CredentialsCipher, CredentialsKeyError
 from sync_service.domain import WATCHED_CLASSES, PoolView, utcnow
 from sync_service.metrics import SyncMetrics
-from sync_service.store.repository import Batch, PoolConfig, Repository, StaleWatcherError
+from sync_service.store.repository import Batch, BatchResult, LeaseLostError, PoolConfig, Repository, StaleWatcherError
 from sync_service.xapi import TlsOptions, XapiClient, XapiConnectionError, XapiEndpoint, XapiError, connect
 from sync_service.xapi.client import DEFAULT_ORIGINATOR, WirePreference
 from sync_service.xapi.errors import (
@@ -36,6 +37,17 @@ from sync_service.xapi.errors import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _MAX_REDIRECTS = 3
+# How often the pipeline's two threads look up from a full or empty handoff to check for stop.
+_HANDOFF_POLL = 0.2
+
+
+@dataclass
+class _Fetched:
+    """A batch the producer built, on its way to be committed."""
+
+    batch: Batch
+    received: float  # monotonic time event.from returned it
+    full: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class PoolWatcher:
         *,
         metrics: SyncMetrics | None = None,
         owner: str = "",
+        lease: tuple[str, int] | None = None,
     ) -> None:
         self.config = config
         self.cluster_id = config.cluster_id
@@ -88,6 +101,10 @@ class PoolWatcher:
         self.settings = settings
         self.metrics = metrics
         self.owner = owner
+        # (holder, epoch) of this pool's lease: every write carries it and is refused once the epoch is stale.
+        self.lease = lease
+        self.lease_epoch = lease[1] if lease is not None else None
+        self.lease_lost = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"xsha-watch-{self.cluster_id}", daemon=True)
         self._client: XapiClient | None = None
@@ -207,7 +224,7 @@ class PoolWatcher:
 
     def _status(self, **values: object) -> None:
         try:
-            self.repository.update_status(self.cluster_id, self.generation, **values)
+            self.repository.update_status(self.cluster_id, self.generation, lease=self.lease, **values)
         except Exception:
             log.warning("could not record sync status", extra={"cluster_id": self.cluster_id}, exc_info=True)
 
@@ -234,6 +251,15 @@ class PoolWatcher:
                     extra={"cluster_id": self.cluster_id, "url": client.url, "wire": client.wire_format},
                 )
                 self._follow(client, resume=resume)
+            except LeaseLostError:
+                self.lease_lost = True
+                if self.metrics is not None:
+                    self.metrics.stale_writes_refused.labels(self.cluster_id).inc()
+                log.warning(
+                    "write refused: the pool's lease was taken over (stale epoch); watcher steps down",
+                    extra={"cluster_id": self.cluster_id, "epoch": self.lease_epoch},
+                )
+                return
             except StaleWatcherError:
                 log.info("pool deregistered or reconfigured; watcher stops", extra={"cluster_id": self.cluster_id})
                 return
@@ -304,90 +330,162 @@ class PoolWatcher:
         if view is None:
             view, token = self._full_list(client)
         self._status(sync_state="WATCHING")
-        while not self._stop.is_set():
-            if self._resync_wanted():
-                view, token = self._full_list(client)
-                continue
-            try:
-                batch = client.event_from(WATCHED_CLASSES, token, self.settings.event_timeout)
-            except XapiError as error:
-                if error.code == EVENT_FROM_TOKEN_PARSE_FAILURE:
-                    log.warning("XAPI refused the event token; re-listing", extra={"cluster_id": self.cluster_id})
-                    view, token = self._full_list(client)
+        # Pipelined: a producer thread fetches and decodes the next event.from (and folds it into the view) while
+        # this thread commits the previous batch. Batches are committed in order, each with the token that follows
+        # it, so a restart resumes exactly as before; the producer's errors surface here after the batches that
+        # preceded them, and an error here stops the producer (breaking its call) before it propagates.
+        handoff: queue.Queue[_Fetched | BaseException] = queue.Queue(maxsize=1)
+        done = threading.Event()
+        producer = threading.Thread(
+            target=self._produce,
+            args=(client, view, token, handoff, done),
+            name=f"xsha-fetch-{self.cluster_id}",
+            daemon=True,
+        )
+        producer.start()
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = handoff.get(timeout=_HANDOFF_POLL)
+                except queue.Empty:
                     continue
-                raise
-            received = time.monotonic()
-            delta = view.apply(batch.events)
-            state = view.watch_state()
-            result = self.repository.apply_batch(
-                Batch(
-                    cluster_id=self.cluster_id,
-                    config_generation=self.generation,
-                    token=batch.token,
-                    pool=view.pool_facts(),
-                    vms=view.changed_vms(delta),
-                    removed_vm_uuids=view.removed_vm_uuids(delta),
-                    vm_refs=view.vm_refs_by_uuid(delta),
-                    hosts=view.changed_hosts(delta),
-                    removed_host_uuids=view.removed_host_uuids(delta),
-                    watch_state=state,
-                    host_addresses=view.host_addresses(),
-                    events=len(batch.events),
-                    lag_ms=int((time.monotonic() - received) * 1000),
+                if isinstance(item, BaseException):
+                    raise item
+                item.batch.lag_ms = int((time.monotonic() - item.received) * 1000)
+                result = self._apply(item.batch)
+                self._after_batch(item.batch, result.revisions, item.received)
+                if item.full:
+                    self._full_list_applied(item.batch, result.revisions)
+        finally:
+            done.set()
+            if producer.is_alive():
+                client.abort()  # breaks a blocked event.from; the caller closes this client anyway
+                producer.join(self.settings.request_timeout)
+
+    def _produce(
+        self,
+        client: XapiClient,
+        view: PoolView,
+        token: str,
+        handoff: queue.Queue[_Fetched | BaseException],
+        done: threading.Event,
+    ) -> None:
+        """The pipeline's producer: event.from, fold into the view, build the batch (and a full re-list when
+        one is due), hand over in order. Any error is handed over too, and ends it."""
+
+        def hand_over(item: _Fetched | BaseException) -> None:
+            while not done.is_set():
+                try:
+                    handoff.put(item, timeout=_HANDOFF_POLL)
+                    return
+                except queue.Full:
+                    continue
+
+        try:
+            while not done.is_set() and not self._stop.is_set():
+                if self._resync_wanted():
+                    view, listed = self._fetch_full_list(client)
+                    token = listed.batch.token
+                    hand_over(listed)
+                    continue
+                try:
+                    batch = client.event_from(WATCHED_CLASSES, token, self.settings.event_timeout)
+                except XapiError as error:
+                    if error.code == EVENT_FROM_TOKEN_PARSE_FAILURE:
+                        log.warning("XAPI refused the event token; re-listing", extra={"cluster_id": self.cluster_id})
+                        view, listed = self._fetch_full_list(client)
+                        token = listed.batch.token
+                        hand_over(listed)
+                        continue
+                    raise
+                received = time.monotonic()
+                delta = view.apply(batch.events)
+                hand_over(
+                    _Fetched(
+                        Batch(
+                            cluster_id=self.cluster_id,
+                            config_generation=self.generation,
+                            token=batch.token,
+                            pool=view.pool_facts(),
+                            vms=view.changed_vms(delta),
+                            removed_vm_uuids=view.removed_vm_uuids(delta),
+                            vm_refs=view.vm_refs_by_uuid(delta),
+                            hosts=view.changed_hosts(delta),
+                            removed_host_uuids=view.removed_host_uuids(delta),
+                            watch_state=view.watch_state(),
+                            host_addresses=view.host_addresses(),
+                            events=len(batch.events),
+                        ),
+                        received,
+                    )
                 )
-            )
-            token = batch.token
-            self._after_batch(view, len(batch.events), result.revisions, received)
-            mismatch = view.counts_mismatch(batch.valid_ref_counts)
-            if mismatch:
-                log.warning(
-                    "valid_ref_counts differ from the refs held; re-listing",
-                    extra={"cluster_id": self.cluster_id, "mismatch": {k: list(v) for k, v in mismatch.items()}},
-                )
-                view, token = self._full_list(client)
+                token = batch.token
+                mismatch = view.counts_mismatch(batch.valid_ref_counts)
+                if mismatch:
+                    log.warning(
+                        "valid_ref_counts differ from the refs held; re-listing",
+                        extra={"cluster_id": self.cluster_id, "mismatch": {k: list(v) for k, v in mismatch.items()}},
+                    )
+                    view, listed = self._fetch_full_list(client)
+                    token = listed.batch.token
+                    hand_over(listed)
+        except BaseException as error:
+            hand_over(error)
 
     def _full_list(self, client: XapiClient) -> tuple[PoolView, str]:
+        view, listed = self._fetch_full_list(client)
+        listed.batch.lag_ms = int((time.monotonic() - listed.received) * 1000)
+        result = self._apply(listed.batch)
+        self._after_batch(listed.batch, result.revisions, listed.received)
+        self._full_list_applied(listed.batch, result.revisions)
+        return view, listed.batch.token
+
+    def _fetch_full_list(self, client: XapiClient) -> tuple[PoolView, _Fetched]:
+        with self._sync_condition:
+            self._resync_requested = False  # this list answers every request made so far
         self._status(sync_state="LISTING")
         batch = client.event_from(WATCHED_CLASSES, "", self.settings.event_timeout)
         received = time.monotonic()
         view = PoolView()
         view.apply(batch.events)
-        result = self.repository.apply_batch(
-            Batch(
-                cluster_id=self.cluster_id,
-                config_generation=self.generation,
-                token=batch.token,
-                pool=view.pool_facts(),
-                vms=view.all_vms(),
-                vm_refs=view.vm_refs_by_uuid(),
-                hosts=view.all_hosts(),
-                full=True,
-                watch_state=view.watch_state(),
-                host_addresses=view.host_addresses(),
-                events=len(batch.events),
-                lag_ms=int((time.monotonic() - received) * 1000),
-            )
+        listed = Batch(
+            cluster_id=self.cluster_id,
+            config_generation=self.generation,
+            token=batch.token,
+            pool=view.pool_facts(),
+            vms=view.all_vms(),
+            vm_refs=view.vm_refs_by_uuid(),
+            hosts=view.all_hosts(),
+            full=True,
+            watch_state=view.watch_state(),
+            host_addresses=view.host_addresses(),
+            events=len(batch.events),
         )
-        self._after_batch(view, len(batch.events), result.revisions, received)
+        return view, _Fetched(listed, received, full=True)
+
+    def _apply(self, batch: Batch) -> BatchResult:
+        """Writes a batch under this watcher's lease (holder and epoch checked in the batch's transaction)."""
+        if self.lease is not None:
+            batch.lease_holder, batch.lease_epoch = self.lease
+        return self.repository.apply_batch(batch)
+
+    def _full_list_applied(self, batch: Batch, changes: int) -> None:
         log.info(
             "full list applied",
-            extra={"cluster_id": self.cluster_id, "vms": len(view.vms), "changes": result.revisions},
+            extra={"cluster_id": self.cluster_id, "vms": len(batch.vms), "changes": changes},
         )
         if self.metrics is not None:
             self.metrics.full_syncs.labels(self.cluster_id).inc()
         self._status(sync_state="WATCHING")
         with self._sync_condition:
-            self._resync_requested = False
             self._full_syncs += 1
             self._sync_condition.notify_all()
-        return view, batch.token
 
-    def _after_batch(self, view: PoolView, events: int, changes: int, received: float) -> None:
-        self._known_addresses = view.host_addresses()
-        facts = view.pool_facts()
-        self._master_address = facts.master_address if facts is not None else ""
+    def _after_batch(self, batch: Batch, changes: int, received: float) -> None:
+        self._known_addresses = list(batch.host_addresses or [])
+        self._master_address = batch.pool.master_address if batch.pool is not None else ""
         if self.metrics is not None:
-            self.metrics.events.labels(self.cluster_id).inc(events)
+            self.metrics.events.labels(self.cluster_id).inc(batch.events)
             self.metrics.changes.inc(changes)
             self.metrics.lag.labels(self.cluster_id).set(time.monotonic() - received)
 

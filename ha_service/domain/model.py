@@ -398,6 +398,9 @@ class ManagedVm:
     redundant_router: bool = False
     # Set while XAPI refuses the decided priority (R5): the missing "restart" is then not drift but a retry.
     unprotected_reason: UnprotectedReason | None = None
+    # The hypervisor has reported the decided config (R11): until then a difference is the decision not yet
+    # applied (first application, silent), not drift.
+    config_confirmed: bool = True
 
 
 @dataclass(frozen=True)
@@ -463,6 +466,8 @@ class ReconcileInput:
     grace: GracePeriods = GracePeriods()
     cluster_migrating: bool = False
     drift_repair_enabled: bool = True
+    # Pool HA on: XenServer fences a dead host and XAPI halts its VMs itself (no power-state reset needed).
+    pool_ha_enabled: bool = False
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,16 @@ def _cloudstack_action(inp: ReconcileInput, mem: VmMemory, *, halted: bool, runn
                 f"HA-enabled VM {vm.vm_uuid} is Halted but wanted running: restart it.",
                 mem.last_running_host,
             )
+        if running_on_dead and inp.pool_ha_enabled:
+            # Pool HA fenced the host and XAPI halts its VMs: the orchestrator restarts, it does not fence/reset.
+            return Action(
+                ActionKind.RESTART_VM,
+                vm.vm_uuid,
+                ActionCause.HALTED,
+                f"HA-enabled VM {vm.vm_uuid} was running on host {cur.resident_host}, which died; pool HA has fenced "
+                "the host and XAPI halts the VM: restart it (no fencing or power-state reset needed).",
+                cur.resident_host,
+            )
         if running_on_dead:
             return Action(
                 ActionKind.RESTART_VM,
@@ -285,7 +295,7 @@ def _drift(inp: ReconcileInput, mem: VmMemory) -> tuple[DriftIntent | None, VmMe
     if not cur.present or cur.ha is None or inp.cluster_migrating:
         # A migration rewrites HA configs on purpose; repairing them back would fight it.
         return None, mem
-    drift = ha_config_drift(vm.decided, cur.ha)
+    drift = ha_config_drift(vm.decided, cur.ha) if vm.config_confirmed else None
     if (
         drift is not None
         and vm.unprotected_reason in _REFUSALS

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -171,3 +182,27 @@ class RequestRow(Base):
     method: Mapped[str] = mapped_column(String(64))
     cluster_id: Mapped[str] = mapped_column(String(_ID))
     create_time: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
+
+
+class PoolLeaseRow(Base):
+    """Which replica watches a pool: holder, fencing epoch (bumped on every takeover) and expiry, in epoch seconds
+    of the database's clock. Every batch a watcher writes checks holder and epoch first (see sync_service.leases)."""
+
+    __tablename__ = "sync_pool_leases"
+
+    cluster_id: Mapped[str] = mapped_column(String(_ID), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(_NAME), default="")
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    expire_time: Mapped[float] = mapped_column(Double, default=0.0)
+    update_time: Mapped[float] = mapped_column(Double, default=0.0)
+
+
+class ReplicaRow(Base):
+    """Live sync_service replicas (heartbeat: expire_time, database clock), so each knows its fair share of pools."""
+
+    __tablename__ = "sync_replicas"
+
+    replica_id: Mapped[str] = mapped_column(String(_NAME), primary_key=True)
+    address: Mapped[str] = mapped_column(String(_URL), default="")
+    expire_time: Mapped[float] = mapped_column(Double, default=0.0)
+    start_time: Mapped[float] = mapped_column(Double, default=0.0)

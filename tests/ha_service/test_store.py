@@ -63,3 +63,39 @@ def test_concurrent_decisions_never_pin_two_modes(ha: RunningHaService, fake_syn
     assert sum(r.pinned_cluster for r in results) == 1
     status = ha.stub().GetClusterHaStatus(ha_service_pb2.GetClusterHaStatusRequest(cluster_id="race")).status
     assert status.pinned and status.pinned_mode in modes
+
+
+def test_concurrent_repeats_of_one_decision_get_one_answer(ha: RunningHaService, fake_sync: FakeSync) -> None:
+    """Concurrent decisions share transactions: repeats of a VM (by name, or by request id) in flight together,
+    possibly in one group, all get the single decision that was stored, and each VM is decided once."""
+    fake_sync.add_pool("repeat", "ch82")
+    set_global(ha, True)
+    results: dict[str, list[ha_service_pb2.VmDeploymentDecision]] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = threading.Barrier(24)
+
+    def deployer(index: int) -> None:
+        name = f"i-7-{index % 6}-VM"
+        start.wait()
+        try:
+            # Odd callers retry under one request id per VM; even ones repeat without one.
+            decision = decide(ha, "repeat", name, request_id=f"req-{index % 6}" if index % 2 else "")
+            with lock:
+                results.setdefault(name, []).append(decision)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=deployer, args=(i,)) for i in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    assert sorted(results) == [f"i-7-{i}-VM" for i in range(6)]
+    for decisions in results.values():
+        assert len(decisions) == 4
+        assert all(d == decisions[0] for d in decisions)  # the same stored answer, decide_time included
+    assert sum(d.pinned_cluster for ds in results.values() for d in ds[:1]) == 1
+    listed = ha.stub().ListManagedVms(ha_service_pb2.ListManagedVmsRequest(cluster_id="repeat")).vms
+    assert sorted(vm.decision.instance_name for vm in listed) == sorted(results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -168,6 +169,26 @@ def test_observe_and_remove_vm() -> None:
     back = observe_vm(gone, facts, cluster_id="c", pool_uuid="p", now=T0 + dt.timedelta(seconds=2), full_report=True)
     assert not back.removed and back.power_state_update_count == 1
     assert added.same_content(observe_vm(added, facts, cluster_id="c", pool_uuid="p", now=T0, full_report=False))
+
+
+def test_same_content_compares_every_field_but_revision_and_update_time() -> None:
+    view = _full_view()
+    [facts] = view.all_vms()
+    vm = observe_vm(None, facts, cluster_id="c", pool_uuid="p", now=T0, full_report=True)
+    assert vm.same_content(dataclasses.replace(vm, revision=7, update_time=T0 + dt.timedelta(seconds=1)))
+    changed: dict[str, Any] = {
+        "cluster_id": "other",
+        "pool_uuid": "other",
+        "facts": dataclasses.replace(facts, name="renamed"),
+        "power_state": PowerState.POWER_OFF,
+        "power_state_update_time": T0 + dt.timedelta(seconds=5),
+        "power_state_update_count": 9,
+        "removed": True,
+    }
+    # A new field must be added here and to same_content.
+    assert set(changed) | {"revision", "update_time"} == {f.name for f in dataclasses.fields(vm)}
+    for name, value in changed.items():
+        assert not vm.same_content(dataclasses.replace(vm, **{name: value})), name
 
 
 def test_event_batches_normalise_both_wires() -> None:

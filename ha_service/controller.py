@@ -726,11 +726,8 @@ class Controller:
         work = _Work()
         if row is None or row.vm_uuid != apply.vm_uuid:
             return work
+        # XAPI's reply, not the mirror's view: the observed_* columns (what re-reconciles read) wait for the mirror.
         observed = dm.HaConfig(vm.ha_restart_priority, vm.order, vm.start_delay_seconds)
-        if not vm.revision or vm.revision > row.observed_revision:
-            row.observed_priority = observed.ha_restart_priority
-            row.observed_order = observed.order
-            row.observed_start_delay_s = observed.start_delay
         decided = dm.HaConfig(row.ha_restart_priority, row.ha_order, row.start_delay_s)
         if ha_config_drift(decided, observed) is None:
             # XAPI took it. config_confirmed (and drift_reported) wait for the mirror's own report of the config:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -55,6 +55,8 @@ class FakeSync(sync_service_pb2_grpc.HypervisorSyncServiceServicer):
         self.vms: dict[str, sync_service_pb2.Vm] = {}
         self.refuse_restart: set[str] = set()  # VM uuids or names whose "restart" XAPI refuses
         self.set_calls: list[tuple[str, str]] = []
+        # Called (under the lock) before SetVmHaConfig writes: what else XAPI reports while the write is in flight.
+        self.before_ha_write: Callable[[str], None] | None = None
         self.down = False
         self.server: Any = None
 
@@ -240,6 +242,8 @@ class FakeSync(sync_service_pb2_grpc.HypervisorSyncServiceServicer):
             if vm is None:
                 raise not_found("VM", request.vm_uuid, reason="VM_NOT_FOUND")
             self.set_calls.append((request.vm_uuid, request.ha_restart_priority))
+            if self.before_ha_write is not None:
+                self.before_ha_write(request.vm_uuid)
             if request.ha_restart_priority == "restart" and {vm.uuid, vm.name} & self.refuse_restart:
                 raise failed_precondition(
                     "XAPI refused the change: HA_OPERATION_WOULD_BREAK_FAILOVER_PLAN",

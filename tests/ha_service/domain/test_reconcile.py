@@ -215,6 +215,18 @@ def test_cloudstack_running_on_dead_host_needs_fencing():
     assert kinds(run.see(obs(150, HALTED, ha=NOPRIO), H1_DEAD)) == ([], [])
 
 
+def test_cloudstack_host_death_with_pool_ha_is_one_halted_restart():
+    """Pool HA fences the dead host and XAPI halts its VMs: no fencing or reset asked, still exactly one action."""
+    run = Run(vm(mode=CS), pool_ha_enabled=True)
+    run.see(obs(0, ha=NOPRIO))
+    result = run.see(obs(100, RUNNING, "h1", ha=NOPRIO), H1_DEAD)  # the host event arrives first
+    assert kinds(result) == ([ActionKind.RESTART_VM], [])
+    action = result.actions[0]
+    assert action.cause is ActionCause.HALTED and not action.needs_fencing and action.host_uuid == "h1"
+    assert "pool HA" in action.message
+    assert kinds(run.see(obs(101, HALTED, ha=NOPRIO), H1_DEAD)) == ([], [])  # XAPI halts it: same outage
+
+
 def test_unknown_host_liveness_is_no_reason_to_act():
     run = Run(vm(mode=CS))
     assert kinds(run.see(obs(0, RUNNING, "h9", ha=NOPRIO), {})) == ([], [])
@@ -368,6 +380,14 @@ def test_drift_repaired_once_per_drifted_config():
     assert run.see(obs(1, ha=NOPRIO)).drift is None
     assert run.see(obs(2, ha=RESTART)).drift is None  # repaired
     assert run.see(obs(3, ha=NOPRIO)).drift is not None  # drifted again
+
+
+def test_decision_not_yet_applied_is_not_drift():
+    """Until the hypervisor has reported the decided config, a difference is the first application, not drift."""
+    run = Run(vm(config_confirmed=False))
+    assert run.see(obs(0, ha=NOPRIO)).drift is None
+    assert run.see(obs(1, ha=HaConfig("best-effort"))).drift is None
+    assert Run(vm(config_confirmed=False, mode=CS), drift_repair_enabled=False).see(obs(0, ha=RESTART)).drift is None
 
 
 def test_drift_report_only():

@@ -829,12 +829,9 @@ class Handlers:
         check.cluster_id(request.cluster_id, required=False)
         size = check.page_size(request.page_size)
         after = check.int_page_token(request.page_token)
-        states = []
-        for index, state in enumerate(request.protection_states):
-            if state not in cv.PROTECTION_TO_NAME:
-                check.add(f"protection_states[{index}]", "must be a ProtectionState other than UNSPECIFIED")
-            else:
-                states.append(cv.PROTECTION_TO_NAME[state])
+        states = check.enum_filter(
+            "protection_states", request.protection_states, cv.PROTECTION_TO_NAME, "ProtectionState"
+        )
         check.raise_if_any()
         query = select(ManagedVmRow).where(ManagedVmRow.id > after).order_by(ManagedVmRow.id).limit(size + 1)
         if request.cluster_id:
@@ -937,12 +934,7 @@ class Handlers:
         check.cluster_id(request.cluster_id, required=False)
         size = check.page_size(request.page_size)
         after = check.int_page_token(request.page_token)
-        states = []
-        for index, state in enumerate(request.states):
-            if state not in cv.ACTION_STATE_TO_NAME:
-                check.add(f"states[{index}]", "must be an HaActionState other than UNSPECIFIED")
-            else:
-                states.append(cv.ACTION_STATE_TO_NAME[state])
+        states = check.enum_filter("states", request.states, cv.ACTION_STATE_TO_NAME, "HaActionState")
         check.raise_if_any()
         query = (
             select(HaEventRow)

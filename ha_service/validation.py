@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable, Mapping
 
 from xsha_common.errors import FieldViolation, ServiceError, invalid_arguments
 
@@ -31,6 +32,16 @@ class Violations:
     def raise_if_any(self) -> None:
         if self.items:
             raise invalid_arguments(self.items)
+
+    def enum_filter(self, field: str, values: Iterable[int], names: Mapping[int, str], enum_name: str) -> list[str]:
+        """The names of a repeated enum filter's values; each UNSPECIFIED or unknown value is a violation."""
+        chosen: list[str] = []
+        for index, value in enumerate(values):
+            if value in names:
+                chosen.append(names[value])
+            else:
+                self.add(f"{field}[{index}]", f"must be a {enum_name} other than UNSPECIFIED")
+        return chosen
 
     def cluster_id(self, value: str, field: str = "cluster_id", *, required: bool = True) -> None:
         if not value:

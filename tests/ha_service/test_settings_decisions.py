@@ -258,10 +258,21 @@ def test_validation_errors(ha_sqlite) -> None:
     assert {v.field for v in bad.field_violations} == {"cluster_id", "instance_name", "vm_uuid", "vm_type"}
     code, _, bad = rpc_error(stub.ListManagedVms, ha_service_pb2.ListManagedVmsRequest(page_size=-1, page_token="x"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    code, _, bad = rpc_error(stub.ListManagedVms, ha_service_pb2.ListManagedVmsRequest(protection_states=[3, 0, 99]))
+    code, _, bad = rpc_error(
+        stub.ListManagedVms,
+        ha_service_pb2.ListManagedVmsRequest(
+            protection_states=[
+                ha_service_pb2.PROTECTION_STATE_PROTECTED,
+                ha_service_pb2.PROTECTION_STATE_UNSPECIFIED,
+                ha_service_pb2.ProtectionState.ValueType(99),
+            ]
+        ),
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert [v.field for v in bad.field_violations] == ["protection_states[1]", "protection_states[2]"]
-    code, _, bad = rpc_error(stub.ListHaActions, ha_service_pb2.ListHaActionsRequest(states=[0]))
+    code, _, bad = rpc_error(
+        stub.ListHaActions, ha_service_pb2.ListHaActionsRequest(states=[ha_service_pb2.HA_ACTION_STATE_UNSPECIFIED])
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert bad.field_violations[0].field == "states[0]"
     assert "HaActionState other than UNSPECIFIED" in bad.field_violations[0].description

@@ -136,9 +136,7 @@ class HypervisorSyncServicer(sync_service_pb2_grpc.HypervisorSyncServiceServicer
         page = self.handlers.list_pools(after_id=after_id, limit=limit)
         return sync_service_pb2.ListPoolsResponse(
             pools=[converters.pool_to_proto(pool) for pool in page.items],
-            next_page_token=encode_page_token("pools", page.last_key, page.revision, "")
-            if page.last_key is not None
-            else "",
+            next_page_token=encode_page_token("pools", page.last_key, page.revision, ""),
             revision=page.revision,
         )
 
@@ -173,9 +171,7 @@ class HypervisorSyncServicer(sync_service_pb2_grpc.HypervisorSyncServiceServicer
         )
         return sync_service_pb2.ListHostsResponse(
             hosts=[converters.host_to_proto(host) for host in page.items],
-            next_page_token=encode_page_token("hosts", page.last_key, page.revision, filter_key)
-            if page.last_key is not None
-            else "",
+            next_page_token=encode_page_token("hosts", page.last_key, page.revision, filter_key),
             revision=page.revision,
         )
 
@@ -254,9 +250,7 @@ class HypervisorSyncServicer(sync_service_pb2_grpc.HypervisorSyncServiceServicer
         page = self.handlers.list_vms(vm_filter, after_id=after_id, limit=limit, revision=revision)
         return sync_service_pb2.ListVmsResponse(
             vms=[converters.vm_to_proto(vm) for vm in page.items],
-            next_page_token=encode_page_token("vms", page.last_key, page.revision, filter_key)
-            if page.last_key is not None
-            else "",
+            next_page_token=encode_page_token("vms", page.last_key, page.revision, filter_key),
             revision=page.revision,
         )
 

@@ -152,7 +152,10 @@ def fingerprint(parts: Sequence[Any]) -> str:
     return hashlib.sha256(orjson.dumps(list(parts))).hexdigest()[:16]
 
 
-def encode_page_token(kind: str, after_id: int, revision: int, filter_fingerprint: str) -> str:
+def encode_page_token(kind: str, after_id: int | None, revision: int, filter_fingerprint: str) -> str:
+    """The token of the page after `after_id`; "" when there is none (the last page)."""
+    if after_id is None:
+        return ""
     raw = orjson.dumps({"k": kind, "a": after_id, "r": revision, "f": filter_fingerprint})
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 

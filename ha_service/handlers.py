@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Final, cast
@@ -49,6 +49,7 @@ from ha_service.validation import Violations
 from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
 from xsha_common.db import is_transient_db_error, retry_transient, write_transaction
 from xsha_common.errors import ServiceError, aborted, failed_precondition, not_found, unavailable
+from xsha_common.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -193,58 +194,10 @@ class _DecisionJob:
     pool_ha: dm.PoolHaFacts | None
     extra_warnings: list[dm.HaWarning]
     unavailable_error: ServiceError | None
-    response: ha_service_pb2.DecideVmDeploymentResponse | None = None
-    error: BaseException | None = None
-    decided: bool = False  # a new decision was committed
-    done: bool = False
-    wake: threading.Event = field(default_factory=threading.Event)
 
 
-class _GroupCommit:
-    """Concurrent decisions share transactions: one caller at a time leads, taking every job queued so far into
-    one transaction, then hands the lead to the oldest waiting caller. On SQLite, where writers are serialised,
-    each transaction (BEGIN, settings read, COMMIT) was most of a decision's cost; elsewhere it saves round trips.
-    A lone caller leads at once, so an idle service adds no delay."""
-
-    def __init__(self, run: Callable[[list[_DecisionJob]], None], max_batch: int = 64) -> None:
-        self._run = run
-        self._max_batch = max_batch
-        self._lock = threading.Lock()
-        self._pending: list[_DecisionJob] = []
-        self._leading = False
-
-    def submit(self, job: _DecisionJob) -> None:
-        """Returns once `job` has its response or error."""
-        with self._lock:
-            self._pending.append(job)
-            lead = not self._leading
-            self._leading = True
-        if not lead:
-            job.wake.wait()
-            if job.done:
-                return
-            # Promoted: this caller leads now, its job first in the queue.
-        with self._lock:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-        try:
-            self._run(batch)
-        except BaseException as error:
-            for item in batch:
-                if item.response is None and item.error is None:
-                    item.error = error
-            raise
-        finally:
-            for item in batch:
-                item.done = True
-                if item is not job:
-                    item.wake.set()
-            with self._lock:
-                if self._pending:
-                    self._pending[0].wake.set()
-                else:
-                    self._leading = False
-
+# A decision's response, and whether this call made (committed) the decision rather than found it.
+_Decided = tuple[ha_service_pb2.DecideVmDeploymentResponse, bool]
 
 _MANAGED_VMS: Final = cast(Table, ManagedVmRow.__table__)
 # What a decision's proto is made of (cv.decision_to_proto).
@@ -296,10 +249,10 @@ class Handlers:
     # Called after a decision commits, so the controller applies it at once if the VM is already in the mirror.
     on_decision: Callable[[str, str], None] = field(default=lambda cluster, name: None)
     pool_cache: PoolViewCache = field(default_factory=PoolViewCache)
-    _decisions: _GroupCommit = field(init=False, repr=False)
+    _decisions: GroupCommit[_DecisionJob, _Decided] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._decisions = _GroupCommit(self._decide_batch)
+        self._decisions = GroupCommit(self._decide_batch)
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -523,15 +476,12 @@ class Handlers:
             extra_warnings=extra_warnings,
             unavailable_error=unavailable_error,
         )
-        self._decisions.submit(job)
-        if job.error is not None:
-            raise job.error
-        assert job.response is not None
-        if job.decided:
+        response, decided = self._decisions.submit(job)
+        if decided:
             self.on_decision(request.cluster_id, request.instance_name)
-        return job.response
+        return response
 
-    def _decide_batch(self, jobs: list[_DecisionJob]) -> None:
+    def _decide_batch(self, jobs: Sequence[_DecisionJob]) -> list[_Decided | BaseException]:
         """Decides `jobs` in one transaction (one BEGIN/COMMIT, one settings read, one lookup of existing
         decisions for all). Should that transaction fail other than transiently (e.g. a concurrent replica decided
         the same VM), each job is decided on its own, as it would have been without grouping."""
@@ -539,27 +489,27 @@ class Handlers:
             outcomes = retry_transient(lambda: self._decide_together(jobs))
         except Exception as error:
             if is_transient_db_error(error):
-                for job in jobs:
-                    job.error = error
-                return
+                return [error for _ in jobs]
             log.debug("grouped decision failed (%s); deciding one by one", error)
+            alone: list[_Decided | BaseException] = []
             for job in jobs:
                 try:
-                    job.response, job.decided = self._decide_alone(job)
+                    alone.append(self._decide_alone(job))
                 except Exception as single_error:
-                    job.error = single_error
-            return
-        for job, (outcome, mode) in zip(jobs, outcomes, strict=True):
+                    alone.append(single_error)
+            return alone
+        results: list[_Decided | BaseException] = []
+        for outcome, mode in outcomes:
             if isinstance(outcome, ServiceError):
-                job.error = outcome
+                results.append(outcome)
             else:
-                job.response = outcome
-                job.decided = mode is not None
+                results.append((outcome, mode is not None))
                 if mode is not None:
                     self.metrics.decisions.labels(mode=mode).inc()
+        return results
 
     def _decide_together(
-        self, jobs: list[_DecisionJob]
+        self, jobs: Sequence[_DecisionJob]
     ) -> list[tuple[ha_service_pb2.DecideVmDeploymentResponse | ServiceError, str | None]]:
         """Each job's response (or refusal) and, for a new decision, its mode. Raises on a database error."""
         method = "DecideVmDeployment"

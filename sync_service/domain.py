@@ -405,6 +405,8 @@ class PoolView:
         return [self.vm_facts(self.vms[ref]) for ref in delta.vm_refs if ref in self.vms]
 
     def removed_vm_uuids(self, delta: ViewDelta) -> list[str]:
+        if not delta.removed_vms:  # the usual batch: no set of every live uuid to build
+            return []
         live = {vm.uuid for vm in self.vms.values()}
         return [uuid for uuid in delta.removed_vms.values() if uuid not in live]
 
@@ -412,6 +414,8 @@ class PoolView:
         return [self.host_facts(self.hosts[ref]) for ref in delta.host_refs if ref in self.hosts]
 
     def removed_host_uuids(self, delta: ViewDelta) -> list[str]:
+        if not delta.removed_hosts:
+            return []
         live = {host.uuid for host in self.hosts.values()}
         return [uuid for uuid in delta.removed_hosts.values() if uuid not in live]
 

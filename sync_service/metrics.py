@@ -29,7 +29,9 @@ class SyncMetrics:
         )
         self.pools_held = self.registry.gauge("sync_pools_held", "Pool leases this replica holds.", ())
         self.db_write_seconds = self.registry.histogram(
-            "sync_db_write_seconds", "Duration of one batch write transaction.", buckets=_DB_WRITE_BUCKETS
+            "sync_db_write_seconds",
+            "Duration of one write transaction (one or more pools' event batches).",
+            buckets=_DB_WRITE_BUCKETS,
         )
 
     def forget(self, cluster_id: str) -> None:

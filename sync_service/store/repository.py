@@ -8,6 +8,7 @@ can ever see revision N+1 before N (on every backend, with several threads or re
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -15,7 +16,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Generic, TypeVar, cast
 
 import orjson
-from sqlalchemy import Engine, LargeBinary, Table, TypeDecorator, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Engine,
+    LargeBinary,
+    Table,
+    TypeDecorator,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,7 +61,10 @@ from sync_service.store.models import (
     RequestRow,
     VmRow,
 )
-from xsha_common.db import backend_of, make_sessionmaker, write_transaction
+from xsha_common.db import backend_of, is_transient_db_error, make_sessionmaker, write_transaction
+from xsha_common.group_commit import GroupCommit
+
+log = logging.getLogger(__name__)
 
 _IN_CHUNK: Final = 500
 T = TypeVar("T")
@@ -348,6 +365,22 @@ class _PlainBytes(TypeDecorator[bytes]):
 
 
 _CHANGES_TABLE: Final = cast(Table, ChangeRow.__table__)
+_POOLS: Final = cast(Table, PoolRow.__table__)
+_VMS: Final = cast(Table, VmRow.__table__)
+_HOSTS: Final = cast(Table, HostRow.__table__)
+_COUNTERS: Final = cast(Table, CounterRow.__table__)
+# The batch write's statements, built once (their rows carry the models' attribute names).
+_POOL_OF: Final = select(_POOLS).where(_POOLS.c.cluster_id == bindparam("cluster_id"))
+_VMS_OF_CLUSTER: Final = select(_VMS).where(_VMS.c.cluster_id == bindparam("cluster_id"))
+_VMS_BY_UUID: Final = _VMS_OF_CLUSTER.where(_VMS.c.uuid.in_(bindparam("uuids", expanding=True)))
+_HOSTS_OF_CLUSTER: Final = select(_HOSTS).where(_HOSTS.c.cluster_id == bindparam("cluster_id"))
+_UPDATE_VM_REF: Final = update(_VMS).where(_VMS.c.id == bindparam("row_id")).values(xapi_ref=bindparam("ref"))
+_ADVANCE_REVISION: Final = (
+    update(_COUNTERS)
+    .where(_COUNTERS.c.name == REVISION_COUNTER)
+    .values(value=_COUNTERS.c.value + bindparam("count", type_=BigInteger()))
+)
+_REVISION_NOW: Final = select(_COUNTERS.c.value).where(_COUNTERS.c.name == REVISION_COUNTER)
 # The change-log insert: Core executemany with the payload bound without processing.
 _INSERT_CHANGES: Final = insert(_CHANGES_TABLE).values(payload=bindparam("payload", type_=_PlainBytes()))
 
@@ -382,18 +415,16 @@ class Repository:
         self.clock = clock
         self.backend = backend_of(engine)
         self._on_write = on_write
+        self._batch_writes: GroupCommit[Batch, BatchResult] = GroupCommit(self._write_group)
 
     # ---------------------------------------------------------------- revisions and the change log
 
     def _allocate(self, session: Session, count: int) -> int:
         """Reserve `count` revisions; returns the first. Holds the counter row lock until commit."""
-        # Core statements: the ORM's bulk-update path cost more than the update on every batch.
-        counters = cast(Table, CounterRow.__table__)
+        # Core statements built once: the ORM's bulk-update path cost more than the update on every batch.
         connection = session.connection()
-        connection.execute(
-            update(counters).where(counters.c.name == REVISION_COUNTER).values(value=counters.c.value + count)
-        )
-        last = connection.execute(select(counters.c.value).where(counters.c.name == REVISION_COUNTER)).scalar_one()
+        connection.execute(_ADVANCE_REVISION, {"count": count})
+        last = connection.execute(_REVISION_NOW).scalar_one()
         return int(last) - count + 1
 
     def _write_changes(
@@ -402,9 +433,11 @@ class Repository:
         changes: list[_PendingChange],
         now: dt.datetime,
         vm_refs: dict[str, str] | None = None,
+        row_ids: dict[str, dict[str, int]] | None = None,
     ) -> int:
         """Allocates revisions for `changes`, stamps the objects, writes their rows and the change log.
-        Returns the last revision (0 when there is nothing)."""
+        Returns the last revision (0 when there is nothing). `row_ids` (kind -> uuid -> row id), when given,
+        holds every existing row of the changed objects, read in this transaction, so they need no lookup."""
         if not changes:
             return 0
         first = self._allocate(session, len(changes))
@@ -441,26 +474,37 @@ class Repository:
                 }
             )
             revision += 1
-        self._upsert(session, VmRow, vm_updates)
-        self._upsert(session, HostRow, host_updates)
+        self._upsert(session, VmRow, vm_updates, row_ids["vm"] if row_ids is not None else None)
+        self._upsert(session, HostRow, host_updates, row_ids["host"] if row_ids is not None else None)
         session.connection().execute(_INSERT_CHANGES, log_rows)
         return revision - 1
 
-    def _upsert(self, session: Session, model: type[VmRow] | type[HostRow], rows: list[dict[str, Any]]) -> None:
-        """Core executemany, not the ORM's bulk paths (which cost more per row than the database did)."""
+    def _upsert(
+        self,
+        session: Session,
+        model: type[VmRow] | type[HostRow],
+        rows: list[dict[str, Any]],
+        known_ids: dict[str, int] | None = None,
+    ) -> None:
+        """Core executemany, not the ORM's bulk paths (which cost more per row than the database did).
+        `known_ids` (uuid -> row id, rows of one cluster) spares the lookup when the caller has just read them."""
         if not rows:
             return
         table = cast(Table, model.__table__)
         connection = session.connection()
         existing: dict[tuple[str, str], int] = {}
         clusters = {row["cluster_id"] for row in rows}
-        for cluster in clusters:
-            uuids = [row["uuid"] for row in rows if row["cluster_id"] == cluster]
-            for chunk in _chunks(uuids):
-                for row_id, uuid in connection.execute(
-                    select(table.c.id, table.c.uuid).where(table.c.cluster_id == cluster, table.c.uuid.in_(chunk))
-                ):
-                    existing[(cluster, uuid)] = row_id
+        if known_ids is not None and len(clusters) == 1:
+            cluster = next(iter(clusters))
+            existing = {(cluster, uuid): row_id for uuid, row_id in known_ids.items()}
+        else:
+            for cluster in clusters:
+                uuids = [row["uuid"] for row in rows if row["cluster_id"] == cluster]
+                for chunk in _chunks(uuids):
+                    for row_id, uuid in connection.execute(
+                        select(table.c.id, table.c.uuid).where(table.c.cluster_id == cluster, table.c.uuid.in_(chunk))
+                    ):
+                        existing[(cluster, uuid)] = row_id
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         for row in rows:
@@ -725,133 +769,181 @@ class Repository:
         return vms, hosts
 
     def apply_batch(self, batch: Batch) -> BatchResult:
-        """Write one event batch (or full list) and its token in one transaction; only real changes are logged."""
+        """Write one event batch (or full list) and its token in one transaction; only real changes are logged.
+
+        Batches that arrive while another transaction is writing share the next one (a group commit): with many
+        pools, one commit serves many watchers instead of each queueing for the write lock on its own. Each
+        batch keeps its own checks and outcome: a stale or fenced-off watcher's batch is refused alone."""
+        return self._batch_writes.submit(batch)
+
+    def _write_group(self, batches: Sequence[Batch]) -> list[BatchResult | BaseException]:
         started = time.perf_counter()
-        now = self.clock()
-        cluster_id = batch.cluster_id
-        with write_transaction(self.sessions) as session:
-            if batch.lease_epoch is not None and not check_fence(
-                session, cluster_id, batch.lease_holder, batch.lease_epoch
-            ):
-                raise LeaseLostError(cluster_id)
-            pool_row = session.execute(select(PoolRow).where(PoolRow.cluster_id == cluster_id)).scalar_one_or_none()
-            if pool_row is None or pool_row.config_generation != batch.config_generation:
-                raise StaleWatcherError(cluster_id)
-            pool_uuid = batch.pool.uuid if batch.pool is not None else pool_row.pool_uuid
-            changes: list[_PendingChange] = []
-            ref_by_uuid = batch.vm_refs
-
-            # VMs
-            wanted = {vm.uuid: vm for vm in batch.vms}
-            vm_query = select(VmRow).where(VmRow.cluster_id == cluster_id)
-            vm_rows: list[VmRow] = []
-            if batch.full:
-                vm_rows = list(session.execute(vm_query).scalars())
-            else:
-                keys = list(wanted) + batch.removed_vm_uuids
-                for chunk in _chunks(keys):
-                    vm_rows.extend(session.execute(vm_query.where(VmRow.uuid.in_(chunk))).scalars())
-            existing_vms = {row.uuid: row for row in vm_rows}
-            ref_updates: list[dict[str, Any]] = []
-            changed_uuids: set[str] = set()
-            for uuid, facts in wanted.items():
-                row = existing_vms.get(uuid)
-                previous = _vm_from_row(row) if row is not None else None
-                current = observe_vm(
-                    previous, facts, cluster_id=cluster_id, pool_uuid=pool_uuid, now=now, full_report=batch.full
-                )
-                if previous is None or previous.removed:
-                    changes.append(_PendingChange("vm", "ADDED", cluster_id, uuid, current))
-                    changed_uuids.add(uuid)
-                elif not previous.same_content(current):
-                    changes.append(_PendingChange("vm", "MODIFIED", cluster_id, uuid, current))
-                    changed_uuids.add(uuid)
-                ref = ref_by_uuid.get(uuid, "")
-                if ref and row is not None and row.xapi_ref != ref and uuid not in changed_uuids:
-                    ref_updates.append({"row_id": row.id, "ref": ref})
-            gone = [uuid for uuid in existing_vms if uuid not in wanted] if batch.full else batch.removed_vm_uuids
-            for uuid in gone:
-                row = existing_vms.get(uuid)
-                if row is None or row.removed:
-                    continue
-                changes.append(_PendingChange("vm", "REMOVED", cluster_id, uuid, vm_gone(_vm_from_row(row), now)))
-
-            # Hosts
-            wanted_hosts = {host.uuid: host for host in batch.hosts}
-            host_rows = {
-                row.uuid: row
-                for row in session.execute(select(HostRow).where(HostRow.cluster_id == cluster_id)).scalars()
-            }
-            for uuid, host_facts in wanted_hosts.items():
-                host_row = host_rows.get(uuid)
-                previous_host = _host_from_row(host_row) if host_row is not None else None
-                current_host = MirrorHost(
-                    cluster_id=cluster_id,
-                    pool_uuid=pool_uuid,
-                    facts=host_facts,
-                    removed=False,
-                    revision=previous_host.revision if previous_host else 0,
-                    update_time=previous_host.update_time if previous_host else None,
-                )
-                if previous_host is None or previous_host.removed:
-                    changes.append(_PendingChange("host", "ADDED", cluster_id, uuid, current_host))
-                elif not previous_host.same_content(current_host):
-                    changes.append(_PendingChange("host", "MODIFIED", cluster_id, uuid, current_host))
-            gone_hosts = (
-                [uuid for uuid in host_rows if uuid not in wanted_hosts] if batch.full else batch.removed_host_uuids
-            )
-            for uuid in gone_hosts:
-                host_row = host_rows.get(uuid)
-                if host_row is None or host_row.removed:
-                    continue
-                host = _host_from_row(host_row)
-                changes.append(
-                    _PendingChange(
-                        "host",
-                        "REMOVED",
-                        cluster_id,
-                        uuid,
-                        replace(host, removed=True, facts=replace(host.facts, live=False)),
-                    )
-                )
-
-            # Pool facts
-            if batch.pool is not None:
-                values = _pool_fact_values(batch.pool)
-                if any(getattr(pool_row, key) != value for key, value in values.items()):
-                    for key, value in values.items():
-                        setattr(pool_row, key, value)
-                    pool_row.update_time = now
-                    session.flush()
-                    changes.append(_PendingChange("pool", "MODIFIED", cluster_id, cluster_id, None))
-
-            # Causes before effects in the change log: a host's death and the pool's facts come before the VM
-            # moves of the same batch (a full re-list after a master crash carries both), so a watcher that sees
-            # a VM running elsewhere already knows its old host died.
-            changes.sort(key=lambda change: _CHANGE_KIND_ORDER.get(change.kind, len(_CHANGE_KIND_ORDER)))
-            last = self._write_changes(session, changes, now, ref_by_uuid)
-            if ref_updates:  # refs of unchanged VMs (rare): one executemany
-                table = cast(Table, VmRow.__table__)
-                session.connection().execute(
-                    update(table).where(table.c.id == bindparam("row_id")).values(xapi_ref=bindparam("ref")),
-                    ref_updates,
-                )
-
-            pool_row.event_token = batch.token
-            pool_row.events_applied = pool_row.events_applied + batch.events
-            pool_row.last_event_time = now
-            pool_row.lag_ms = batch.lag_ms
-            if batch.full:
-                pool_row.last_full_sync_time = now
-            if batch.watch_state is not None:
-                pool_row.watch_state = orjson.dumps(batch.watch_state).decode()
-            if batch.host_addresses is not None:
-                addresses = orjson.dumps(batch.host_addresses).decode()
-                if addresses != pool_row.host_addresses:
-                    pool_row.host_addresses = addresses
+        try:
+            outcomes, last = self._write_together(batches)
+        except Exception as error:
+            if len(batches) == 1 or is_transient_db_error(error):
+                return [error for _ in batches]
+            # One batch's failure (it rolled back the group) must not hold back the other pools.
+            log.debug("grouped batch write failed (%s); writing each alone", error)
+            return [self._write_alone(batch) for batch in batches]
         if self._on_write is not None:
             self._on_write(time.perf_counter() - started)
         self._commit_hook(last)
+        return outcomes
+
+    def _write_alone(self, batch: Batch) -> BatchResult | BaseException:
+        try:
+            outcomes, last = self._write_together([batch])
+        except Exception as error:
+            return error
+        self._commit_hook(last)
+        return outcomes[0]
+
+    def _write_together(self, batches: Sequence[Batch]) -> tuple[list[BatchResult | BaseException], int]:
+        """All `batches` in one transaction; a batch refused by its checks (nothing of it written yet) gets its
+        error as its outcome. Returns the outcomes in order and the last revision written."""
+        now = self.clock()
+        outcomes: dict[int, BatchResult | BaseException] = {}
+        last = 0
+        with write_transaction(self.sessions) as session:
+            # Lease rows are locked in cluster order, so two groups (or replicas) never wait on each other in a
+            # cycle; a pool's own batches keep their order (the sort is stable).
+            for index in sorted(range(len(batches)), key=lambda i: batches[i].cluster_id):
+                try:
+                    result = self._write_batch(session, batches[index], now)
+                except StaleWatcherError as refused:
+                    outcomes[index] = refused
+                    continue
+                outcomes[index] = result
+                last = max(last, result.last_revision)
+        return [outcomes[i] for i in range(len(batches))], last
+
+    def _write_batch(self, session: Session, batch: Batch, now: dt.datetime) -> BatchResult:
+        """One batch inside the group's transaction. Raises StaleWatcherError (or LeaseLostError) before writing
+        anything when the watcher may not write. Core rows and statements built once: on this path, per batch,
+        the ORM's identity map, flush and statement building cost more than the database did."""
+        cluster_id = batch.cluster_id
+        connection = session.connection()
+        if batch.lease_epoch is not None and not check_fence(
+            session, cluster_id, batch.lease_holder, batch.lease_epoch
+        ):
+            raise LeaseLostError(cluster_id)
+        pool_row = connection.execute(_POOL_OF, {"cluster_id": cluster_id}).one_or_none()
+        if pool_row is None or pool_row.config_generation != batch.config_generation:
+            raise StaleWatcherError(cluster_id)
+        pool_uuid = batch.pool.uuid if batch.pool is not None else pool_row.pool_uuid
+        changes: list[_PendingChange] = []
+        ref_by_uuid = batch.vm_refs
+
+        # VMs
+        wanted = {vm.uuid: vm for vm in batch.vms}
+        vm_rows: list[Any] = []
+        if batch.full:
+            vm_rows = list(connection.execute(_VMS_OF_CLUSTER, {"cluster_id": cluster_id}))
+        else:
+            keys = list(wanted) + batch.removed_vm_uuids
+            for chunk in _chunks(keys):
+                vm_rows.extend(connection.execute(_VMS_BY_UUID, {"cluster_id": cluster_id, "uuids": list(chunk)}))
+        existing_vms = {row.uuid: cast(VmRow, row) for row in vm_rows}
+        ref_updates: list[dict[str, Any]] = []
+        changed_uuids: set[str] = set()
+        for uuid, facts in wanted.items():
+            row = existing_vms.get(uuid)
+            previous = _vm_from_row(row) if row is not None else None
+            current = observe_vm(
+                previous, facts, cluster_id=cluster_id, pool_uuid=pool_uuid, now=now, full_report=batch.full
+            )
+            if previous is None or previous.removed:
+                changes.append(_PendingChange("vm", "ADDED", cluster_id, uuid, current))
+                changed_uuids.add(uuid)
+            elif not previous.same_content(current):
+                changes.append(_PendingChange("vm", "MODIFIED", cluster_id, uuid, current))
+                changed_uuids.add(uuid)
+            ref = ref_by_uuid.get(uuid, "")
+            if ref and row is not None and row.xapi_ref != ref and uuid not in changed_uuids:
+                ref_updates.append({"row_id": row.id, "ref": ref})
+        gone = [uuid for uuid in existing_vms if uuid not in wanted] if batch.full else batch.removed_vm_uuids
+        for uuid in gone:
+            row = existing_vms.get(uuid)
+            if row is None or row.removed:
+                continue
+            changes.append(_PendingChange("vm", "REMOVED", cluster_id, uuid, vm_gone(_vm_from_row(row), now)))
+
+        # Hosts
+        wanted_hosts = {host.uuid: host for host in batch.hosts}
+        host_rows: dict[str, HostRow] = {}
+        if batch.full or batch.hosts or batch.removed_host_uuids:  # most event batches touch no host
+            host_rows = {
+                row.uuid: cast(HostRow, row)
+                for row in connection.execute(_HOSTS_OF_CLUSTER, {"cluster_id": cluster_id})
+            }
+        for uuid, host_facts in wanted_hosts.items():
+            host_row = host_rows.get(uuid)
+            previous_host = _host_from_row(host_row) if host_row is not None else None
+            current_host = MirrorHost(
+                cluster_id=cluster_id,
+                pool_uuid=pool_uuid,
+                facts=host_facts,
+                removed=False,
+                revision=previous_host.revision if previous_host else 0,
+                update_time=previous_host.update_time if previous_host else None,
+            )
+            if previous_host is None or previous_host.removed:
+                changes.append(_PendingChange("host", "ADDED", cluster_id, uuid, current_host))
+            elif not previous_host.same_content(current_host):
+                changes.append(_PendingChange("host", "MODIFIED", cluster_id, uuid, current_host))
+        gone_hosts = (
+            [uuid for uuid in host_rows if uuid not in wanted_hosts] if batch.full else batch.removed_host_uuids
+        )
+        for uuid in gone_hosts:
+            host_row = host_rows.get(uuid)
+            if host_row is None or host_row.removed:
+                continue
+            host = _host_from_row(host_row)
+            changes.append(
+                _PendingChange(
+                    "host",
+                    "REMOVED",
+                    cluster_id,
+                    uuid,
+                    replace(host, removed=True, facts=replace(host.facts, live=False)),
+                )
+            )
+
+        # Pool facts: written before the change log, whose pool entry renders the updated row.
+        if batch.pool is not None:
+            values = _pool_fact_values(batch.pool)
+            if any(getattr(pool_row, key) != value for key, value in values.items()):
+                connection.execute(update(_POOLS).where(_POOLS.c.id == pool_row.id).values(**values, update_time=now))
+                changes.append(_PendingChange("pool", "MODIFIED", cluster_id, cluster_id, None))
+
+        # Causes before effects in the change log: a host's death and the pool's facts come before the VM
+        # moves of the same batch (a full re-list after a master crash carries both), so a watcher that sees
+        # a VM running elsewhere already knows its old host died.
+        changes.sort(key=lambda change: _CHANGE_KIND_ORDER.get(change.kind, len(_CHANGE_KIND_ORDER)))
+        row_ids = {
+            "vm": {uuid: row.id for uuid, row in existing_vms.items()},
+            "host": {uuid: row.id for uuid, row in host_rows.items()},
+        }
+        last = self._write_changes(session, changes, now, ref_by_uuid, row_ids)
+        if ref_updates:  # refs of unchanged VMs (rare): one executemany
+            connection.execute(_UPDATE_VM_REF, ref_updates)
+
+        bookkeeping: dict[str, Any] = {
+            "event_token": batch.token,
+            "events_applied": _POOLS.c.events_applied + batch.events,
+            "last_event_time": now,
+            "lag_ms": batch.lag_ms,
+        }
+        if batch.full:
+            bookkeeping["last_full_sync_time"] = now
+        if batch.watch_state is not None:
+            bookkeeping["watch_state"] = orjson.dumps(batch.watch_state).decode()
+        if batch.host_addresses is not None:
+            addresses = orjson.dumps(batch.host_addresses).decode()
+            if addresses != pool_row.host_addresses:
+                bookkeeping["host_addresses"] = addresses
+        connection.execute(update(_POOLS).where(_POOLS.c.id == pool_row.id).values(**bookkeeping))
         return BatchResult(revisions=len(changes), last_revision=last)
 
     # ------------------------------------------------------------------------------------------ reads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from typing import Any
 
@@ -15,6 +16,7 @@ from sync_service.store.repository import Batch, Repository, StaleWatcherError
 from sync_service.testing import RunningSyncService
 from xsha_api.v1 import sync_service_pb2
 from xsha_common.db import create_engine_for, current_revision, downgrade_to_base, head_revision, upgrade_to_head
+from xsha_common.testing import wait_until
 
 
 def test_migrations_upgrade_from_empty_and_downgrade_to_base(db_url: str) -> None:
@@ -120,6 +122,60 @@ def test_revisions_are_committed_in_order_with_concurrent_writers(repository: Re
     reader.join(30)
     assert gaps == []
     assert repository.current_revision() == start + 4 * 15 * 5
+
+
+def test_batches_of_many_pools_share_a_transaction_and_a_stale_one_is_refused_alone(db_url: str) -> None:
+    """While one batch is being written, the batches of other pools queue and are then written together (one
+    transaction); a stale watcher's batch among them is refused on its own and the others commit."""
+    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
+    engine = create_engine_for(db_url, pool_size=10)
+    first_write_started = threading.Event()
+    release_first_write = threading.Event()
+    transactions: list[float] = []
+
+    def clock() -> dt.datetime:  # read once at the start of each write transaction
+        if not first_write_started.is_set():
+            first_write_started.set()
+            assert release_first_write.wait(10)
+        return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+    setup = Repository(engine)
+    clusters = [f"g{i}" for i in range(6)]
+    for cluster in clusters:
+        _register(setup, cluster)
+    setup.update_pool("g5", master_url="http://127.0.0.1:2", credentials_encrypted=None, tls=None, request_id="")
+    repository = Repository(engine, clock=clock, on_write=transactions.append)
+    outcomes: dict[str, object] = {}
+
+    def write(cluster: str) -> None:
+        try:  # g5 was reconfigured: its watcher (generation 1) is stale
+            outcomes[cluster] = repository.apply_batch(Batch(cluster, 1, f"{cluster}-t", vms=[_facts(f"{cluster}-vm")]))
+        except StaleWatcherError as error:
+            outcomes[cluster] = error
+
+    try:
+        leader = threading.Thread(target=write, args=("g0",))
+        leader.start()
+        assert first_write_started.wait(10)
+        followers = [threading.Thread(target=write, args=(cluster,)) for cluster in clusters[1:]]
+        for follower in followers:
+            follower.start()
+        wait_until(lambda: repository._batch_writes.queued == 5, timeout=10)
+        release_first_write.set()
+        for thread in [leader, *followers]:
+            thread.join(10)
+        assert len(transactions) == 2  # g0 alone, then g1-g5 together
+        assert isinstance(outcomes.pop("g5"), StaleWatcherError)
+        assert all(getattr(result, "revisions", None) == 1 for result in outcomes.values()), outcomes
+        for cluster in clusters[:5]:
+            config = repository.pool_config(cluster)
+            assert config is not None and config.event_token == f"{cluster}-t"
+            assert repository.get_vm(uuid=f"{cluster}-vm") is not None
+        stale = repository.pool_config("g5")
+        assert stale is not None and stale.event_token == "" and repository.get_vm(uuid="g5-vm") is None
+    finally:
+        release_first_write.set()
+        engine.dispose()
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])

@@ -19,10 +19,11 @@ import secrets
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Column, Connection, Engine, Table, select, text, update
+from sqlalchemy import Column, Connection, Engine, Select, Table, bindparam, select, text, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -140,11 +141,20 @@ class LeaseTable:
     def holds(self, connection: Connection, key: str, holder: str, epoch: int) -> bool:
         """Whether `holder` still holds the lease at `epoch`, locking the row until the caller's transaction ends:
         a takeover waits for a write already checked, and a write after a takeover is refused."""
-        query = select(self.column(self.holder), self.column(self.epoch)).where(self.column(self.key) == key)
-        if connection.dialect.name != "sqlite":
-            query = query.with_for_update()
-        row = connection.execute(query).first()
+        query = self._holds_query if connection.dialect.name == "sqlite" else self._holds_query_locking
+        row = connection.execute(query, {"lease_key": key}).first()
         return row is not None and row[0] == holder and int(row[1]) == epoch
+
+    # Built once: `holds` runs in every fenced write transaction.
+    @cached_property
+    def _holds_query(self) -> Select[Any]:
+        return select(self.column(self.holder), self.column(self.epoch)).where(
+            self.column(self.key) == bindparam("lease_key")
+        )
+
+    @cached_property
+    def _holds_query_locking(self) -> Select[Any]:
+        return self._holds_query.with_for_update()
 
     def acquire(
         self, connection: Connection, key: str, holder: str, period: float, *, force: bool = False

@@ -8,6 +8,7 @@ can ever see revision N+1 before N (on every backend, with several threads or re
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -32,6 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.dml import Insert, Update
 
 from sync_service import converters
 from sync_service.domain import (
@@ -381,6 +383,24 @@ _ADVANCE_REVISION: Final = (
     .values(value=_COUNTERS.c.value + bindparam("count", type_=BigInteger()))
 )
 _REVISION_NOW: Final = select(_COUNTERS.c.value).where(_COUNTERS.c.name == REVISION_COUNTER)
+
+
+@functools.cache
+def _pool_bookkeeping(columns: tuple[str, ...]) -> Update:
+    """The pool row's per-batch update of `columns` (bound by name; events_applied is an increment), one
+    statement per column set."""
+    values: dict[str, Any] = {name: bindparam(name, type_=_POOLS.c[name].type) for name in columns}
+    if "events_applied" in values:
+        values["events_applied"] = _POOLS.c.events_applied + values["events_applied"]
+    return update(_POOLS).where(_POOLS.c.id == bindparam("pool_id")).values(values)
+
+
+@functools.cache
+def _row_writes(table: Table) -> tuple[Insert, Update]:
+    """A mirror table's insert and update-by-row-id (executemany with the row's values as parameters)."""
+    return insert(table), update(table).where(table.c.id == bindparam("row_id"))
+
+
 # The change-log insert: Core executemany with the payload bound without processing.
 _INSERT_CHANGES: Final = insert(_CHANGES_TABLE).values(payload=bindparam("payload", type_=_PlainBytes()))
 
@@ -514,10 +534,11 @@ class Repository:
             else:
                 updates.append({**row, "row_id": row_id})
         # One executemany per set of keys (a VM row carries xapi_ref only when the batch knows it).
+        insert_rows, update_rows = _row_writes(table)
         for group in _by_keys(inserts):
-            connection.execute(insert(table), group)
+            connection.execute(insert_rows, group)
         for group in _by_keys(updates):
-            connection.execute(update(table).where(table.c.id == bindparam("row_id")), group)
+            connection.execute(update_rows, group)
 
     def _commit_hook(self, last_revision: int) -> None:
         if last_revision:
@@ -931,7 +952,7 @@ class Repository:
 
         bookkeeping: dict[str, Any] = {
             "event_token": batch.token,
-            "events_applied": _POOLS.c.events_applied + batch.events,
+            "events_applied": batch.events,  # added to the stored count
             "last_event_time": now,
             "lag_ms": batch.lag_ms,
         }
@@ -943,7 +964,7 @@ class Repository:
             addresses = orjson.dumps(batch.host_addresses).decode()
             if addresses != pool_row.host_addresses:
                 bookkeeping["host_addresses"] = addresses
-        connection.execute(update(_POOLS).where(_POOLS.c.id == pool_row.id).values(**bookkeeping))
+        connection.execute(_pool_bookkeeping(tuple(bookkeeping)), {"pool_id": pool_row.id, **bookkeeping})
         return BatchResult(revisions=len(changes), last_revision=last)
 
     # ------------------------------------------------------------------------------------------ reads

@@ -31,6 +31,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Insert, Update
@@ -396,6 +397,19 @@ def _pool_bookkeeping(columns: tuple[str, ...]) -> Update:
 
 
 @functools.cache
+def _mysql_update_by_id(table: Table, columns: tuple[str, ...]) -> Insert:
+    """Update existing rows (by id) in one multi-row statement on MySQL and MariaDB."""
+    statement = mysql.insert(table)
+    return statement.on_duplicate_key_update({name: statement.inserted[name] for name in columns})
+
+
+def _with_id(row: dict[str, Any]) -> dict[str, Any]:
+    values = dict(row)
+    values["id"] = values.pop("row_id")
+    return values
+
+
+@functools.cache
 def _row_writes(table: Table) -> tuple[Insert, Update]:
     """A mirror table's insert and update-by-row-id (executemany with the row's values as parameters)."""
     return insert(table), update(table).where(table.c.id == bindparam("row_id"))
@@ -538,7 +552,13 @@ class Repository:
         for group in _by_keys(inserts):
             connection.execute(insert_rows, group)
         for group in _by_keys(updates):
-            connection.execute(update_rows, group)
+            if self.backend == "mysql":
+                # PyMySQL sends an UPDATE executemany as one round trip per row, but an INSERT as one multi-row
+                # statement: rows that exist (same primary key) are updated by ON DUPLICATE KEY UPDATE.
+                keys = tuple(key for key in group[0] if key != "row_id")
+                connection.execute(_mysql_update_by_id(table, keys), [_with_id(row) for row in group])
+            else:
+                connection.execute(update_rows, group)
 
     def _commit_hook(self, last_revision: int) -> None:
         if last_revision:

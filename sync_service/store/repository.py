@@ -180,14 +180,75 @@ class ChangeRead:
 # ------------------------------------------------------------------------------------------ row mapping
 
 
+# Enum lookups by value through a dict: calling the Enum class was a visible share of the per-VM cost.
+_XAPI_POWER_STATES: Final = {state.value: state for state in XapiPowerState}
+_POWER_STATES: Final = {state.value: state for state in PowerState}
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredVm:
+    row_id: int
+    xapi_ref: str
+    vm: MirrorVm
+
+
+def _stored_vm(row: Sequence[Any]) -> _StoredVm:
+    """A VM row read with _STORED_VM_COLUMNS, unpacked by position (attribute access on each row cost more)."""
+    (
+        row_id,
+        xapi_ref,
+        cluster_id,
+        pool_uuid,
+        uuid,
+        name_label,
+        xapi_power_state,
+        resident_host_uuid,
+        ha_restart_priority,
+        ha_order,
+        start_delay,
+        ha_always_run,
+        memory_static_max,
+        power_state,
+        power_state_update_time,
+        power_state_update_count,
+        removed,
+        revision,
+        update_time,
+    ) = row
+    facts = VmFacts(
+        uuid,
+        name_label,
+        _XAPI_POWER_STATES.get(xapi_power_state) or XapiPowerState(xapi_power_state),
+        resident_host_uuid,
+        ha_restart_priority,
+        ha_order,
+        start_delay,
+        ha_always_run,
+        memory_static_max,
+    )
+    vm = MirrorVm(
+        cluster_id,
+        pool_uuid,
+        facts,
+        _POWER_STATES.get(power_state) or PowerState(power_state),
+        power_state_update_time,
+        power_state_update_count,
+        removed,
+        revision,
+        update_time,
+    )
+    return _StoredVm(row_id, xapi_ref, vm)
+
+
 def _vm_from_row(row: VmRow) -> MirrorVm:
+    xapi_power_state = _XAPI_POWER_STATES.get(row.xapi_power_state) or XapiPowerState(row.xapi_power_state)
     return MirrorVm(
         cluster_id=row.cluster_id,
         pool_uuid=row.pool_uuid,
         facts=VmFacts(
             uuid=row.uuid,
             name=row.name_label,
-            xapi_power_state=XapiPowerState(row.xapi_power_state),
+            xapi_power_state=xapi_power_state,
             resident_host_uuid=row.resident_host_uuid,
             ha_restart_priority=row.ha_restart_priority,
             order=row.ha_order,
@@ -195,7 +256,7 @@ def _vm_from_row(row: VmRow) -> MirrorVm:
             ha_always_run=row.ha_always_run,
             memory_static_max=row.memory_static_max,
         ),
-        power_state=PowerState(row.power_state),
+        power_state=_POWER_STATES.get(row.power_state) or PowerState(row.power_state),
         power_state_update_time=row.power_state_update_time,
         power_state_update_count=row.power_state_update_count,
         removed=row.removed,
@@ -374,7 +435,32 @@ _HOSTS: Final = cast(Table, HostRow.__table__)
 _COUNTERS: Final = cast(Table, CounterRow.__table__)
 # The batch write's statements, built once (their rows carry the models' attribute names).
 _POOL_OF: Final = select(_POOLS).where(_POOLS.c.cluster_id == bindparam("cluster_id"))
-_VMS_OF_CLUSTER: Final = select(_VMS).where(_VMS.c.cluster_id == bindparam("cluster_id"))
+# The batch write reads VM rows as plain tuples in this order (see _stored_vm).
+_STORED_VM_COLUMNS: Final = tuple(
+    _VMS.c[name]
+    for name in (
+        "id",
+        "xapi_ref",
+        "cluster_id",
+        "pool_uuid",
+        "uuid",
+        "name_label",
+        "xapi_power_state",
+        "resident_host_uuid",
+        "ha_restart_priority",
+        "ha_order",
+        "start_delay",
+        "ha_always_run",
+        "memory_static_max",
+        "power_state",
+        "power_state_update_time",
+        "power_state_update_count",
+        "removed",
+        "revision",
+        "update_time",
+    )
+)
+_VMS_OF_CLUSTER: Final = select(*_STORED_VM_COLUMNS).where(_VMS.c.cluster_id == bindparam("cluster_id"))
 _VMS_BY_UUID: Final = _VMS_OF_CLUSTER.where(_VMS.c.uuid.in_(bindparam("uuids", expanding=True)))
 _HOSTS_OF_CLUSTER: Final = select(_HOSTS).where(_HOSTS.c.cluster_id == bindparam("cluster_id"))
 _UPDATE_VM_REF: Final = update(_VMS).where(_VMS.c.id == bindparam("row_id")).values(xapi_ref=bindparam("ref"))
@@ -482,7 +568,7 @@ class Repository:
         for change in changes:
             obj = change.obj
             if isinstance(obj, MirrorVm):
-                obj = replace(obj, revision=revision, update_time=now)
+                obj = obj.stamped(revision, now)
                 values = _vm_values(obj)
                 if vm_refs and obj.uuid in vm_refs:
                     values["xapi_ref"] = vm_refs[obj.uuid]
@@ -878,19 +964,19 @@ class Repository:
 
         # VMs
         wanted = {vm.uuid: vm for vm in batch.vms}
-        vm_rows: list[Any] = []
+        vm_rows: list[Sequence[Any]] = []
         if batch.full:
             vm_rows = list(connection.execute(_VMS_OF_CLUSTER, {"cluster_id": cluster_id}))
         else:
             keys = list(wanted) + batch.removed_vm_uuids
             for chunk in _chunks(keys):
                 vm_rows.extend(connection.execute(_VMS_BY_UUID, {"cluster_id": cluster_id, "uuids": list(chunk)}))
-        existing_vms = {row.uuid: cast(VmRow, row) for row in vm_rows}
+        existing_vms = {stored.vm.uuid: stored for stored in map(_stored_vm, vm_rows)}
         ref_updates: list[dict[str, Any]] = []
         changed_uuids: set[str] = set()
         for uuid, facts in wanted.items():
             row = existing_vms.get(uuid)
-            previous = _vm_from_row(row) if row is not None else None
+            previous = row.vm if row is not None else None
             current = observe_vm(
                 previous, facts, cluster_id=cluster_id, pool_uuid=pool_uuid, now=now, full_report=batch.full
             )
@@ -902,13 +988,13 @@ class Repository:
                 changed_uuids.add(uuid)
             ref = ref_by_uuid.get(uuid, "")
             if ref and row is not None and row.xapi_ref != ref and uuid not in changed_uuids:
-                ref_updates.append({"row_id": row.id, "ref": ref})
+                ref_updates.append({"row_id": row.row_id, "ref": ref})
         gone = [uuid for uuid in existing_vms if uuid not in wanted] if batch.full else batch.removed_vm_uuids
         for uuid in gone:
             row = existing_vms.get(uuid)
-            if row is None or row.removed:
+            if row is None or row.vm.removed:
                 continue
-            changes.append(_PendingChange("vm", "REMOVED", cluster_id, uuid, vm_gone(_vm_from_row(row), now)))
+            changes.append(_PendingChange("vm", "REMOVED", cluster_id, uuid, vm_gone(row.vm, now)))
 
         # Hosts
         wanted_hosts = {host.uuid: host for host in batch.hosts}
@@ -963,7 +1049,7 @@ class Repository:
         # a VM running elsewhere already knows its old host died.
         changes.sort(key=lambda change: _CHANGE_KIND_ORDER.get(change.kind, len(_CHANGE_KIND_ORDER)))
         row_ids = {
-            "vm": {uuid: row.id for uuid, row in existing_vms.items()},
+            "vm": {uuid: row.row_id for uuid, row in existing_vms.items()},
             "host": {uuid: row.id for uuid, row in host_rows.items()},
         }
         last = self._write_changes(session, changes, now, ref_by_uuid, row_ids)

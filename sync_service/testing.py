@@ -31,6 +31,7 @@ from sync_service.supervisor import RetentionSettings
 from sync_service.watcher import WatcherSettings
 from xsha_api.v1 import sync_service_pb2, sync_service_pb2_grpc
 from xsha_common.server import ServerSettings
+from xsha_common.testing import ResumingStreamRecorder
 
 T = TypeVar("T")
 
@@ -321,74 +322,37 @@ def wait_converged(sync: RunningSyncService, sim_pool: Any, cluster_id: str, tim
     raise AssertionError(f"mirror of {cluster_id} did not converge in {timeout}s:\n  " + "\n  ".join(problems[:30]))
 
 
-class WatchRecorder:
+def _change_of(message: sync_service_pb2.WatchChangesResponse) -> tuple[sync_service_pb2.Change | None, int]:
+    if message.HasField("change"):
+        return message.change, message.change.revision
+    return None, message.bookmark.revision
+
+
+class WatchRecorder(ResumingStreamRecorder[sync_service_pb2.Change]):
     """Follows WatchChanges from a revision in a thread, resuming from the last revision it saw whenever the
     stream breaks (e.g. sync_service restarted), and records every change, so a test can prove exactly-once."""
 
     def __init__(self, target: Callable[[], RunningSyncService], since_revision: int, cluster_id: str = "") -> None:
-
-        self._target = target
-        self.position = since_revision
-        self.start_revision = since_revision
         self.cluster_id = cluster_id
-        self.changes: list[sync_service_pb2.Change] = []
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._call: Any = None
-        self._thread = threading.Thread(target=self._run, name="watch-recorder", daemon=True)
-        self._thread.start()
 
-    def _run(self) -> None:
+        def open_stream(position: int) -> Any:
+            sync = target()
+            interval = duration_pb2.Duration()
+            interval.FromMilliseconds(200)
+            request = sync_service_pb2.WatchChangesRequest(
+                since_revision=position, cluster_id=cluster_id, bookmark_interval=interval
+            )
+            return sync.stub.WatchChanges(request, metadata=sync.metadata)
 
-        while not self._stop.is_set():
-            try:
-                sync = self._target()
-                interval = duration_pb2.Duration()
-                interval.FromMilliseconds(200)
-                call = sync.stub.WatchChanges(
-                    sync_service_pb2.WatchChangesRequest(
-                        since_revision=self.position, cluster_id=self.cluster_id, bookmark_interval=interval
-                    ),
-                    metadata=sync.metadata,
-                )
-                with self._lock:
-                    self._call = call
-                for item in call:
-                    with self._lock:
-                        if item.HasField("change"):
-                            self.changes.append(item.change)
-                            self.position = item.change.revision
-                        else:
-                            self.position = max(self.position, item.bookmark.revision)
-            except grpc.RpcError as error:
-                if self._stop.is_set():
-                    return
-                code = error.code() if isinstance(error, grpc.Call) else None
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                    self.errors.append(f"{code}: {error}")
-                time.sleep(0.1)
-            except ValueError:  # "Channel closed": the target service is being replaced
-                time.sleep(0.1)
-            except Exception as error:
-                if self._stop.is_set():
-                    return
-                self.errors.append(repr(error))
-                time.sleep(0.1)
+        super().__init__(open_stream, _change_of, since_revision, name="watch-recorder")
+
+    @property
+    def changes(self) -> list[sync_service_pb2.Change]:
+        return self.items
 
     def revisions(self) -> list[int]:
-        with self._lock:
-            return [change.revision for change in self.changes]
-
-    def wait_position(self, revision: int, timeout: float = 30.0) -> None:
-        wait_for(lambda: self.position >= revision, timeout, what=f"the watch to reach revision {revision}")
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._lock:
-            if self._call is not None:
-                self._call.cancel()
-        self._thread.join(5)
+        changes, _position = self.snapshot()
+        return [change.revision for change in changes]
 
 
 # ----------------------------------------------------------------------------------------- as a subprocess

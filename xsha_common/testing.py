@@ -5,15 +5,20 @@ from __future__ import annotations
 import datetime as _dt
 import ipaddress
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Generic, TypeVar
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -136,3 +141,75 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, interval: f
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or condition!r}")
         time.sleep(interval)
+
+
+class ResumingStreamRecorder(Generic[Item]):
+    """Follows a revision-ordered watch stream (WatchChanges, WatchHaEvents) in a thread, reopening it from the
+    last revision seen whenever it breaks (e.g. the service restarted), and records every item it delivers, so a
+    test can prove exactly-once delivery across restarts.
+
+    `open_stream(position)` opens the stream from `position`; `read(message)` returns the item a message carries
+    (None for a bookmark) and the position it proves. UNAVAILABLE and CANCELLED are expected while a service
+    restarts; any other error is recorded in `errors`."""
+
+    def __init__(
+        self,
+        open_stream: Callable[[int], Any],
+        read: Callable[[Any], tuple[Item | None, int]],
+        since_revision: int,
+        *,
+        name: str = "stream-recorder",
+    ) -> None:
+        self._open_stream = open_stream
+        self._read = read
+        self.start_revision = since_revision
+        self.position = since_revision
+        self.items: list[Item] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._call: Any = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                call = self._open_stream(self.position)
+                with self._lock:
+                    self._call = call
+                for message in call:
+                    item, position = self._read(message)
+                    with self._lock:
+                        if item is not None:
+                            self.items.append(item)
+                        self.position = max(self.position, position)
+            except grpc.RpcError as error:
+                if self._stop.is_set():
+                    return
+                # A call's error is also a grpc.Call (code, details); duck-typed, as the stubs do not say so.
+                code = error.code() if callable(getattr(error, "code", None)) else None  # type: ignore[attr-defined]
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    details = error.details() if callable(getattr(error, "details", None)) else str(error)  # type: ignore[attr-defined]
+                    self.errors.append(f"stream ended with {code.name if code else 'an error'}: {details}")
+            except ValueError:  # "Channel closed": the target service is being replaced
+                pass
+            except Exception as error:
+                if self._stop.is_set():
+                    return
+                self.errors.append(repr(error))
+            self._stop.wait(0.1)
+
+    def snapshot(self) -> tuple[list[Item], int]:
+        with self._lock:
+            return list(self.items), self.position
+
+    def wait_position(self, revision: int, timeout: float = 30.0) -> None:
+        wait_until(lambda: self.position >= revision, timeout, what=f"the stream to reach revision {revision}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+        self._thread.join(5)

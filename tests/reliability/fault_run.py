@@ -45,6 +45,7 @@ from tests.reliability.stack import (
 )
 from xapi_sim.pool import SimPool
 from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
+from xsha_common.testing import ResumingStreamRecorder
 
 NULL_REF = "OpaqueRef:NULL"
 POWER_OPERATIONS = frozenset(VM_POWER_OPERATIONS | {"VM.start_on", "VM.resume_on", "VM.pool_migrate"})
@@ -153,57 +154,27 @@ def scenario(vms_per_pool: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ HA events recorder
 
 
-class HaEventRecorder:
+def _ha_event_of(message: ha_service_pb2.WatchHaEventsResponse) -> tuple[ha_service_pb2.HaEvent | None, int]:
+    if message.HasField("event"):
+        # A redelivered event (re-sent after a restart) proves nothing about the position.
+        return message.event, 0 if message.event.redelivered else message.event.revision
+    return None, message.bookmark.revision
+
+
+class HaEventRecorder(ResumingStreamRecorder[ha_service_pb2.HaEvent]):
     """Follows WatchHaEvents from a revision, resuming from the last one seen whenever the stream breaks."""
 
     def __init__(self, stack: ChildStack, since_revision: int) -> None:
-        self._stack = stack
-        self.start_revision = since_revision
-        self.position = since_revision
-        self.events: list[ha_service_pb2.HaEvent] = []
-        self.errors: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._call: Any = None
-        self._thread = threading.Thread(target=self._run, name="ha-event-recorder", daemon=True)
-        self._thread.start()
+        def open_stream(position: int) -> Any:
+            request = ha_service_pb2.WatchHaEventsRequest(since_revision=position)
+            request.bookmark_interval.FromMilliseconds(200)
+            return stack.ha.stub.WatchHaEvents(request, metadata=stack.ha.metadata)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                request = ha_service_pb2.WatchHaEventsRequest(since_revision=self.position)
-                request.bookmark_interval.FromMilliseconds(200)
-                call = self._stack.ha.stub.WatchHaEvents(request, metadata=self._stack.ha.metadata)
-                with self._lock:
-                    self._call = call
-                for item in call:
-                    with self._lock:
-                        if item.HasField("event"):
-                            self.events.append(item.event)
-                            if not item.event.redelivered:
-                                self.position = max(self.position, item.event.revision)
-                        else:
-                            self.position = max(self.position, item.bookmark.revision)
-            except grpc.RpcError as error:
-                if self._stop.is_set():
-                    return
-                code = error.code()  # type: ignore[attr-defined]
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                    self.errors.append(f"WatchHaEvents ended with {code.name}: {error.details()}")  # type: ignore[attr-defined]
-            except ValueError:  # the channel is being replaced
-                pass
-            self._stop.wait(0.1)
+        super().__init__(open_stream, _ha_event_of, since_revision, name="ha-event-recorder")
 
-    def snapshot(self) -> tuple[list[ha_service_pb2.HaEvent], int]:
-        with self._lock:
-            return list(self.events), self.position
-
-    def stop(self) -> None:
-        self._stop.set()
-        with self._lock:
-            if self._call is not None:
-                self._call.cancel()
-        self._thread.join(5)
+    @property
+    def events(self) -> list[ha_service_pb2.HaEvent]:
+        return self.items
 
 
 # --------------------------------------------------------------------------------------------------- the run

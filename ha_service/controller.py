@@ -12,10 +12,12 @@ Single-active: `is_active_replica` is where a DB lease check goes (ha_controller
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -53,11 +55,28 @@ from ha_service.store.models import (
 )
 from ha_service.sync_client import SyncClient, SyncError, SyncOutOfRangeError, WatchStream, XapiRefusedError
 from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
-from xsha_common.db import retry_transient, write_transaction
+from xsha_common.db import is_transient_db_error, retry_transient, write_transaction
 
 log = logging.getLogger(__name__)
 # Names per IN (...) lookup.
 _NAME_CHUNK = 500
+# VM reconciles per transaction: enough to pay a transaction's fixed cost once per burst, few enough that the
+# controller does not hold SQLite's write lock (which RPC writers queue on) for long.
+_UNITS_PER_TRANSACTION = 100
+# Queued items the worker takes in hand at once (a bound on how far it looks ahead for a batch).
+_BACKLOG_LIMIT = 1000
+# Session.info keys of per-transaction reads.
+_SETTINGS_KEY = "ha_controller_settings"
+_MIGRATING_KEY = "ha_controller_migrating"
+
+
+class _UnitFailedError(Exception):
+    """A unit of a shared transaction failed; the transaction is rolled back and run again without it."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"unit {index} failed")
+        self.index = index
+
 
 _CAUSE_TO_PROTO = {
     dm.ActionCause.HALTED: ha_service_pb2.RESTART_CAUSE_VM_HALTED,
@@ -253,26 +272,61 @@ class Controller:
 
     def _work_loop(self) -> None:
         next_tick = time.monotonic()
+        backlog: deque[object] = deque()
         while not self._stop.is_set():
-            try:
-                item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
-            except queue.Empty:
-                item = None
+            if not backlog:
+                with contextlib.suppress(queue.Empty):
+                    backlog.append(self._queue.get(timeout=max(0.0, next_tick - time.monotonic())))
+            # Whatever else has arrived meanwhile, so a burst of VM changes shares transactions.
+            while len(backlog) < _BACKLOG_LIMIT:
+                try:
+                    backlog.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             if self._stop.is_set():
                 return
+            segment = self._next_segment(backlog)
             try:
-                if item is not None and self.is_active_replica():
-                    self._handle(item)
-                elif isinstance(item, tuple) and item[0] == "barrier":
-                    item[1].set()
-                if time.monotonic() >= next_tick or (isinstance(item, tuple) and item[0] == "tick"):
+                if segment and self.is_active_replica():
+                    self._handle_segment(segment)
+                else:
+                    for item in segment:
+                        if isinstance(item, tuple) and item[0] == "barrier":
+                            item[1].set()
+                ticked = any(isinstance(item, tuple) and item[0] == "tick" for item in segment)
+                if time.monotonic() >= next_tick or ticked:
                     if self.is_active_replica():
                         self._tick()
                     next_tick = time.monotonic() + self.config.tick_interval
-                if self._queue.empty():
+                if not backlog and self._queue.empty():
                     self._persist_revision(force=False)
             except Exception:
-                log.exception("controller failed to process %r", type(item).__name__)
+                log.exception("controller failed to process %s", ", ".join(sorted({type(i).__name__ for i in segment})))
+
+    @staticmethod
+    def _batchable(item: object) -> bool:
+        """VM changes and decisions only touch the VM caches, which no reconcile reads: their reconciles can share
+        a transaction. Host and pool changes (which reconciles read), bookmarks, ticks and barriers cannot."""
+        if isinstance(item, sync_service_pb2.Change):
+            return item.HasField("vm")
+        return isinstance(item, tuple) and item[0] == "decision"
+
+    @classmethod
+    def _next_segment(cls, backlog: deque[object]) -> list[object]:
+        """The leading run of batchable items, or else the one item at the front."""
+        if not backlog:
+            return []
+        segment = [backlog.popleft()]
+        if cls._batchable(segment[0]):
+            while backlog and cls._batchable(backlog[0]):
+                segment.append(backlog.popleft())
+        return segment
+
+    def _handle_segment(self, segment: list[object]) -> None:
+        if len(segment) == 1 and not self._batchable(segment[0]):
+            self._handle(segment[0])
+        else:
+            self._on_vm_items(segment)
 
     def _handle(self, item: object) -> None:
         if isinstance(item, sync_service_pb2.Change):
@@ -360,8 +414,7 @@ class Controller:
         for uuid in [u for u in self.vms if u not in listed]:
             self._cache_vm(self.vms[uuid], True)
         if snapshot.process:
-            for vm in snapshot.vms:
-                self._observe_vm(vm, removed=vm.removed)
+            self._run_all([partial(self._observe_in, vm=vm, removed=vm.removed) for vm in snapshot.vms])
             # Managed VMs that vanished while nobody watched.
             with self.sessions() as session:
                 gone = [
@@ -371,10 +424,12 @@ class Controller:
                     ).scalars()
                     if row.vm_uuid not in listed
                 ]
-            for cluster_id, name, gone_uuid in gone:
-                if gone_uuid is not None:
-                    vanished = sync_service_pb2.Vm(uuid=gone_uuid, name=name, cluster_id=cluster_id)
-                    self._observe_vm(vanished, removed=True)
+            vanished = [
+                sync_service_pb2.Vm(uuid=gone_uuid, name=name, cluster_id=cluster_id)
+                for cluster_id, name, gone_uuid in gone
+                if gone_uuid is not None
+            ]
+            self._run_all([partial(self._observe_in, vm=vm, removed=True) for vm in vanished])
             self.processed_revision = snapshot.revision
         else:
             # Resuming: the watch from the persisted revision replays what happened meanwhile.
@@ -385,9 +440,9 @@ class Controller:
     def _on_change(self, change: sync_service_pb2.Change) -> None:
         removed = change.type == sync_service_pb2.CHANGE_TYPE_REMOVED
         if change.HasField("vm"):
-            self._cache_vm(change.vm, removed or change.vm.removed)
-            self._observe_vm(change.vm, removed=removed or change.vm.removed)
-        elif change.HasField("host"):
+            self._on_vm_items([change])
+            return
+        if change.HasField("host"):
             liveness = self._cache_host(change.host, removed)
             if liveness is False:
                 self._on_host_died(change.host)
@@ -397,14 +452,40 @@ class Controller:
             else:
                 self.pools[change.pool.cluster_id] = change.pool
             self._check_fencing(change.pool.cluster_id or change.cluster_id)
+        self._processed(change)
+
+    def _processed(self, change: sync_service_pb2.Change) -> None:
         self.processed_revision = max(self.processed_revision, change.revision)
         if change.HasField("commit_time"):
             self.metrics.controller_lag.set(max(0.0, time.time() - cv.timestamp_seconds(change.commit_time)))
 
-    def _on_decision(self, cluster_id: str, instance_name: str) -> None:
+    def _on_vm_items(self, items: Sequence[object]) -> None:
+        """VM changes and decisions, in order, reconciled in shared transactions (see _run_all). Each item updates
+        the caches before the next one is looked at, exactly as one by one; reconciles read none of them."""
+        units: list[Callable[[Session], _Work]] = []
+        changes: list[sync_service_pb2.Change] = []
+        for item in items:
+            if isinstance(item, sync_service_pb2.Change):
+                removed = item.type == sync_service_pb2.CHANGE_TYPE_REMOVED or item.vm.removed
+                self._cache_vm(item.vm, removed)
+                units.append(partial(self._observe_in, vm=item.vm, removed=removed))
+                changes.append(item)
+            elif isinstance(item, tuple) and item[0] == "decision":
+                unit = self._decision_unit(str(item[1]), str(item[2]))
+                if unit is not None:
+                    units.append(unit)
+        self._run_all(units)
+        for change in changes:
+            self._processed(change)
+
+    def _decision_unit(self, cluster_id: str, instance_name: str) -> Callable[[Session], _Work] | None:
         uuid = self.vm_by_name.get((cluster_id, instance_name))
-        if uuid is not None and uuid in self.vms:
-            self._observe_vm(self.vms[uuid], removed=False)
+        if uuid is None or uuid not in self.vms:
+            return None
+        return partial(self._observe_in, vm=self.vms[uuid], removed=False)
+
+    def _on_decision(self, cluster_id: str, instance_name: str) -> None:
+        self._on_vm_items([("decision", cluster_id, instance_name)])
 
     def _on_host_died(self, host: sync_service_pb2.Host) -> None:
         with self.sessions() as session:
@@ -419,24 +500,59 @@ class Controller:
                     )
                 ).scalars()
             )
-        for row_id in ids:
-            self._run(partial(self._reconcile_again, row_id=row_id))
+        self._run_all([partial(self._reconcile_again, row_id=row_id) for row_id in ids])
 
     # --- reconcile --------------------------------------------------------------------------------------------
 
     def _run(self, work: Callable[[Session], _Work]) -> None:
         """One transaction of `work`, its events published, then its SetVmHaConfig calls."""
+        self._run_all([work])
 
-        def transaction() -> tuple[_Work, list[ha_service_pb2.HaEvent]]:
-            with write_transaction(self.sessions) as session:
-                done = work(session)
-                events = append_events(session, done.events, self.clock()) if done.events else []
-                return done, events
+    def _run_all(self, units: Sequence[Callable[[Session], _Work]]) -> None:
+        """Each unit as `_run` would, in order, with the units sharing transactions (up to _UNITS_PER_TRANSACTION):
+        per-transaction cost is paid once per burst rather than once per VM. Each unit appends its events before the
+        next unit runs, so later units see its pending actions (deduplication) exactly as one by one; the events of a
+        transaction are published once, after its commit. A unit that decides SetVmHaConfig calls ends its
+        transaction, so they are made before the next unit runs, as one by one. A unit that fails (other than
+        transiently) is logged and left out, and the transaction runs again without it: one VM's error does not
+        lose the others'."""
+        start = 0
+        failed: set[int] = set()
+        while start < len(units):
+            try:
+                start, events, applies = retry_transient(partial(self._units_transaction, units, start, failed))
+            except _UnitFailedError as failure:
+                log.error("controller failed to reconcile one VM; the others go on", exc_info=failure.__cause__)
+                failed.add(failure.index)
+                continue
+            self._published(events)
+            for apply in applies:
+                self._apply(apply)
 
-        done, events = retry_transient(transaction)
-        self._published(events)
-        for apply in done.applies:
-            self._apply(apply)
+    def _units_transaction(
+        self, units: Sequence[Callable[[Session], _Work]], start: int, failed: set[int]
+    ) -> tuple[int, list[ha_service_pb2.HaEvent], list[_Apply]]:
+        """Runs units from `start` in one transaction; the index after the last one run, its events and applies."""
+        events: list[ha_service_pb2.HaEvent] = []
+        with write_transaction(self.sessions) as session:
+            index, ran = start, 0
+            while index < len(units) and ran < _UNITS_PER_TRANSACTION:
+                if index in failed:
+                    index += 1
+                    continue
+                try:
+                    done = units[index](session)
+                    if done.events:
+                        events += append_events(session, done.events, self.clock())
+                    session.flush()  # a unit's write errors are its own, not the commit's
+                except Exception as error:
+                    if is_transient_db_error(error):
+                        raise
+                    raise _UnitFailedError(index) from error
+                index, ran = index + 1, ran + 1
+                if done.applies:
+                    return index, events, done.applies
+        return index, events, []
 
     def _published(self, events: Sequence[ha_service_pb2.HaEvent]) -> None:
         if not events:
@@ -448,9 +564,6 @@ class Controller:
                 kind = ha_service_pb2.HaNotificationKind.Name(event.notification.kind)
                 self.metrics.notifications.labels(kind=kind).inc()
         self.bus.publish(events[-1].revision)
-
-    def _observe_vm(self, vm: sync_service_pb2.Vm, *, removed: bool) -> None:
-        self._run(lambda session: self._observe_in(session, vm, removed))
 
     def _observe_in(self, session: Session, vm: sync_service_pb2.Vm, removed: bool) -> _Work:
         row = session.execute(
@@ -525,8 +638,21 @@ class Controller:
             else None,
         )
 
-    def _settings(self, session: Session) -> HaSettings:
-        return load_settings(session)[0]
+    @staticmethod
+    def _settings(session: Session) -> HaSettings:
+        """Read once per transaction: units sharing one see the same settings, as if each ran alone at its start."""
+        cached = session.info.get(_SETTINGS_KEY)
+        if not isinstance(cached, HaSettings):
+            cached = session.info[_SETTINGS_KEY] = load_settings(session)[0]
+        return cached
+
+    @staticmethod
+    def _cluster_migrating(session: Session, cluster_id: str) -> bool:
+        """Read once per cluster and transaction, like the settings."""
+        migrating: dict[str, bool] = session.info.setdefault(_MIGRATING_KEY, {})
+        if cluster_id not in migrating:
+            migrating[cluster_id] = cluster_migrating(session, cluster_id)
+        return migrating[cluster_id]
 
     def _reconcile(self, session: Session, row: ManagedVmRow, observation: dm.VmObservation, now: float) -> _Work:
         settings = self._settings(session)
@@ -583,7 +709,7 @@ class Controller:
             else None
         )
         # R8: while the cluster migrates, each VM is owned by its actual config and nothing is "repaired".
-        migrating = cluster_migrating(session, row.cluster_id)
+        migrating = self._cluster_migrating(session, row.cluster_id)
         result = reconcile_vm(
             dm.ReconcileInput(
                 vm=vm,
@@ -826,10 +952,11 @@ class Controller:
                             )
                         )
                     )
-        for row_id in dict.fromkeys(timed + retries):
-            self._run(partial(self._reconcile_again, row_id=row_id))
-        for cluster_id, name in unbound:
-            self._on_decision(cluster_id, name)
+        units: list[Callable[[Session], _Work]] = [
+            partial(self._reconcile_again, row_id=row_id) for row_id in dict.fromkeys(timed + retries)
+        ]
+        units += [unit for cluster_id, name in unbound if (unit := self._decision_unit(cluster_id, name)) is not None]
+        self._run_all(units)
         for cluster_id in list(self.pools):
             self._check_fencing(cluster_id)
         self._prune()

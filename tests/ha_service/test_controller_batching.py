@@ -1,0 +1,175 @@
+"""The controller's shared transactions: VM changes that arrive together are reconciled in one transaction, with
+the same events, deduplication and revision bookmark as one by one, and one VM's failure loses no other VM."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ha_service import controller as controller_module
+from ha_service.controller import Controller
+from ha_service.events import NOTIFICATION
+from ha_service.store.models import HaEventRow
+from ha_service.testing import ManualClock, RunningHaService, running_ha_service
+from tests.ha_service.fake_sync import FakeSync
+from tests.ha_service.test_settings_decisions import decide, set_global
+from xsha_api.v1 import ha_service_pb2, sync_service_pb2
+from xsha_common.db import write_transaction
+
+NAMES = [f"i-9-{n}-VM" for n in range(1, 6)]
+EventKey = tuple[str, str, str, str, str]
+
+
+class TransactionCounter:
+    """Counts the controller's write transactions (wraps the function its module calls)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = write_transaction
+
+        def counted(bind: Any) -> AbstractContextManager[Any]:
+            self.count += 1
+            return real(bind)
+
+        monkeypatch.setattr(controller_module, "write_transaction", counted)
+
+
+@contextmanager
+def idle_ha(db_url: str, fake_sync: FakeSync, clock: ManualClock) -> Iterator[tuple[RunningHaService, Controller]]:
+    """ha_service without its own controller, and a controller that runs only what the test hands it."""
+    with running_ha_service(db_url, fake_sync.server.address, clock=clock, controller_enabled=False) as ha:
+        service = ha.service
+        yield ha, Controller(service.sessions, service.sync, service.bus, clock=clock, metrics=service.metrics)
+
+
+def native_pool_with_vms(fake_sync: FakeSync) -> tuple[str, str]:
+    fake_sync.add_pool("nat", "ch82", ha=True)
+    return fake_sync.add_host("nat", "h1"), fake_sync.add_host("nat", "h2")
+
+
+def decide_all(ha: RunningHaService) -> None:
+    set_global(ha, True)
+    for name in NAMES:
+        decide(ha, "nat", name)
+
+
+def events(ha: RunningHaService) -> list[EventKey]:
+    with ha.service.sessions() as session:
+        rows = session.execute(select(HaEventRow).order_by(HaEventRow.revision)).scalars()
+        keys: list[EventKey] = []
+        for row in rows:
+            old = new = ""
+            if row.category == NOTIFICATION:
+                notice = ha_service_pb2.HaNotification.FromString(row.payload)
+                old, new = notice.old_host_uuid, notice.new_host_uuid
+            keys.append((row.category, row.kind, row.instance_name, old, new))
+        return keys
+
+
+def run_batched(controller: Controller, changes: list[sync_service_pb2.Change]) -> list[list[object]]:
+    """As the worker does when `changes` are all queued: leading runs of VM changes go together."""
+    backlog: deque[object] = deque(changes)
+    segments: list[list[object]] = []
+    while backlog:
+        segment = Controller._next_segment(backlog)
+        controller._handle_segment(segment)
+        segments.append(segment)
+    return segments
+
+
+def vm_changes(changes: list[sync_service_pb2.Change], after: int) -> list[sync_service_pb2.Change]:
+    return [c for c in changes if c.revision > after and c.HasField("vm")]
+
+
+def test_changes_delivered_together_share_one_transaction_with_the_same_events(
+    db_url: str, fake_sync: FakeSync, clock: ManualClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h1, h2 = native_pool_with_vms(fake_sync)
+    with (
+        idle_ha(db_url, fake_sync, clock) as (batched_ha, batched),
+        idle_ha(f"sqlite:///{tmp_path / 'one-by-one.sqlite'}", fake_sync, clock) as (single_ha, single),
+    ):
+        decide_all(batched_ha)
+        decide_all(single_ha)
+        for name in NAMES:
+            fake_sync.add_vm("nat", name, running_on=h1, priority="restart")
+        before_crash = fake_sync.revision
+        fake_sync.crash_host_native(h1, restart_on=h2)
+        changes = list(fake_sync.changes)
+        counter = TransactionCounter(monkeypatch)
+
+        for change in changes:
+            single._handle_segment([change])
+        one_by_one = counter.count
+        counter.count = 0
+        segments = run_batched(batched, changes)
+
+        # Each VM change alone is at least a transaction; together, a run of them is one (the host change between
+        # the VMs' arrival and their restarts splits the stream, and its own reconciles share one too).
+        assert one_by_one >= len(vm_changes(changes, 0))
+        restarts = [s for s in segments if all(isinstance(i, sync_service_pb2.Change) and i.HasField("vm") for i in s)]
+        assert [len(s) for s in restarts][-1] == 2 * len(NAMES)  # Halted then Running, for each VM
+        assert counter.count < one_by_one
+        counter.count = 0
+        batched._handle_segment(list(vm_changes(changes, before_crash)))  # the same run again: already observed
+        assert counter.count == 1
+
+        restarted = [e for e in events(batched_ha) if e[1] == "VM_RESTARTED_BY_HYPERVISOR"]
+        assert sorted(e[2] for e in restarted) == NAMES
+        assert {(e[3], e[4]) for e in restarted} == {(h1, h2)}
+        assert events(batched_ha) == events(single_ha)
+        assert batched.processed_revision == single.processed_revision == changes[-1].revision
+        assert fake_sync.set_calls == []  # the VMs carried their decided config: no writes interleaved
+
+
+def test_actions_deduplicated_within_one_batch(
+    db_url: str, fake_sync: FakeSync, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_sync.add_pool("cs", "xs71", ha=False)
+    h1 = fake_sync.add_host("cs", "h1")
+    with idle_ha(db_url, fake_sync, clock) as (ha, controller):
+        decide(ha, "cs", "i-1-1-VM")
+        vm = fake_sync.add_vm("cs", "i-1-1-VM", running_on=h1)
+        run_batched(controller, list(fake_sync.changes))
+        start = fake_sync.revision
+        # Halted, seen running elsewhere by nobody, halted again: one outage, one RESTART_VM, in one batch.
+        fake_sync.set_vm(vm, running_on="")
+        fake_sync.set_vm(vm, priority="")
+        fake_sync.set_vm(vm, running_on="")
+        counter = TransactionCounter(monkeypatch)
+        controller._handle_segment(list(vm_changes(list(fake_sync.changes), start)))
+        assert counter.count == 1
+        assert [(e[1], e[2]) for e in events(ha) if e[0] == "ACTION"] == [("RESTART_VM", "i-1-1-VM")]
+
+
+def test_one_vm_failing_loses_no_other_vm(
+    db_url: str, fake_sync: FakeSync, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h1, h2 = native_pool_with_vms(fake_sync)
+    with idle_ha(db_url, fake_sync, clock) as (ha, controller):
+        decide_all(ha)
+        uuids = {name: fake_sync.add_vm("nat", name, running_on=h1, priority="restart") for name in NAMES}
+        run_batched(controller, list(fake_sync.changes))
+        before_crash = fake_sync.revision
+        fake_sync.crash_host_native(h1, restart_on=h2)
+        broken = uuids[NAMES[2]]
+        real: Callable[[Session, sync_service_pb2.Vm, bool], Any] = controller._observe_in
+
+        def observe(session: Session, vm: sync_service_pb2.Vm, removed: bool) -> Any:
+            if vm.uuid == broken:
+                raise RuntimeError("a bug in one VM's handling")
+            return real(session, vm, removed)
+
+        monkeypatch.setattr(controller, "_observe_in", observe)
+        run_batched(controller, [c for c in fake_sync.changes if c.revision > before_crash])
+
+        restarted = sorted(e[2] for e in events(ha) if e[1] == "VM_RESTARTED_BY_HYPERVISOR")
+        assert restarted == [n for n in NAMES if n != NAMES[2]]
+        assert controller.processed_revision == fake_sync.revision

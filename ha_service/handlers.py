@@ -15,7 +15,7 @@ from types import SimpleNamespace
 from typing import Any, Final, cast
 
 import grpc
-from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, Table, bindparam, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -228,6 +228,14 @@ _SETTINGS_SHARED: Final = (
 )
 _ALL_OVERRIDES: Final = select(_OVERRIDES_TABLE.c.cluster_id, _OVERRIDES_TABLE.c.native_ha_enabled)
 _PIN_OF: Final = select(_PINS_TABLE).where(_PINS_TABLE.c.cluster_id == bindparam("cluster_id"))
+_REQUESTS_TABLE: Final = cast(Table, RequestRow.__table__)
+_STORED_RESPONSES: Final = select(_REQUESTS_TABLE.c.request_id, _REQUESTS_TABLE.c.response).where(
+    _REQUESTS_TABLE.c.method == bindparam("method"),
+    _REQUESTS_TABLE.c.request_id.in_(bindparam("request_ids", expanding=True)),
+)
+_STORED_RESPONSE: Final = select(_REQUESTS_TABLE.c.response).where(
+    _REQUESTS_TABLE.c.method == bindparam("method"), _REQUESTS_TABLE.c.request_id == bindparam("request_id")
+)
 _EXISTING_DECISIONS: Final = select(*_DECISION_COLUMNS).where(
     _MANAGED_VMS.c.cluster_id == bindparam("cluster_id"),
     _MANAGED_VMS.c.instance_name.in_(bindparam("names", expanding=True)),
@@ -250,9 +258,15 @@ class Handlers:
     on_decision: Callable[[str, str], None] = field(default=lambda cluster, name: None)
     pool_cache: PoolViewCache = field(default_factory=PoolViewCache)
     _decisions: GroupCommit[_DecisionJob, _Decided] = field(init=False, repr=False)
+    _engine: Engine = field(init=False, repr=False)
+    _overrides_cache: tuple[int, Mapping[str, bool]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._decisions = GroupCommit(self._decide_batch)
+        engine = self.sessions.kw.get("bind")
+        if not isinstance(engine, Engine):
+            raise TypeError("Handlers needs a sessionmaker bound to an Engine")
+        self._engine = engine
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -270,9 +284,10 @@ class Handlers:
     def _stored_response(self, method: str, request_id: str) -> bytes | None:
         if not request_id:
             return None
-        with self.sessions() as session:
-            row = session.get(RequestRow, (method, request_id))
-            return row.response if row is not None else None
+        # A Core read: this runs before every mutation that carries a request id.
+        with self._engine.connect() as connection:
+            response = connection.execute(_STORED_RESPONSE, {"method": method, "request_id": request_id}).scalar()
+            return None if response is None else bytes(response)
 
     @staticmethod
     def _store_response(session: Session, method: str, request_id: str, response: bytes, now: float) -> None:
@@ -515,14 +530,15 @@ class Handlers:
         method = "DecideVmDeployment"
         now = self.clock()
         outcomes: list[tuple[ha_service_pb2.DecideVmDeploymentResponse | ServiceError, str | None]] = []
-        with write_transaction(self.sessions) as session:
+        with write_transaction(self._engine) as connection:
             # A shared lock on the settings row: concurrent decisions proceed together, a concurrent
             # UpdateSettings (exclusive lock) waits, so a pin is always made from the settings it was checked on.
-            # Core rows, not ORM objects, and statements built once, on this path: with small groups the ORM's
-            # per-statement work was most of a grouped decision. The rows carry the model's attribute names.
-            connection = session.connection()
-            settings = settings_from_row(cast(SettingsRow, connection.execute(_SETTINGS_SHARED).one()))
-            overrides: dict[str, bool] = {cluster: enabled for cluster, enabled in connection.execute(_ALL_OVERRIDES)}
+            # Core rows, not ORM objects, statements built once and a Core transaction (no Session), on this path:
+            # under load most groups hold one or two decisions, so the per-transaction and per-statement work of the
+            # ORM was most of a decision. The rows carry the model's attribute names.
+            settings_row = cast(SettingsRow, connection.execute(_SETTINGS_SHARED).one())
+            settings = settings_from_row(settings_row)
+            overrides = self._overrides_at(connection, settings_row.version)
             decided: dict[tuple[str, str], ha_service_pb2.DecideVmDeploymentResponse] = {}
             names_by_cluster: dict[str, set[str]] = {}
             for job in jobs:
@@ -539,9 +555,7 @@ class Handlers:
             if request_ids:
                 stored = {
                     row.request_id: row.response
-                    for row in session.execute(
-                        select(RequestRow).where(RequestRow.method == method, RequestRow.request_id.in_(request_ids))
-                    ).scalars()
+                    for row in connection.execute(_STORED_RESPONSES, {"method": method, "request_ids": request_ids})
                 }
             pins: dict[str, ClusterPinRow | None] = {}  # rows with ClusterPinRow's attributes
             new_vms: list[dict[str, Any]] = []
@@ -572,15 +586,16 @@ class Handlers:
                 pinned_now = False
                 if decision.pins_cluster:
                     assert decision.mode is not None
-                    pin = ClusterPinRow(
-                        cluster_id=request.cluster_id,
-                        mode=str(decision.mode),
-                        pinned_by=request.instance_name,
-                        pin_time=now,
-                    )
+                    pin_values = {
+                        "cluster_id": request.cluster_id,
+                        "mode": str(decision.mode),
+                        "pinned_by": request.instance_name,
+                        "pin_time": now,
+                        "migration_id": None,
+                    }
                     # A concurrent replica's pin makes this raise: the batch is then decided job by job.
-                    with session.begin_nested():
-                        session.add(pin)
+                    connection.execute(insert(_PINS_TABLE), pin_values)
+                    pin = cast(ClusterPinRow, SimpleNamespace(**pin_values))
                     pins[request.cluster_id] = pin
                     pinned_now = True
                 values = self._managed_vm_values(job, decision, pinned_now, now)
@@ -600,8 +615,19 @@ class Handlers:
             if new_vms:
                 connection.execute(insert(_MANAGED_VMS), new_vms)
             if new_requests:
-                connection.execute(insert(cast(Table, RequestRow.__table__)), new_requests)
+                connection.execute(insert(_REQUESTS_TABLE), new_requests)
         return outcomes
+
+    def _overrides_at(self, connection: Connection, settings_version: int) -> Mapping[str, bool]:
+        """The cluster overrides, read again only when the settings version moved: UpdateSettings, their only
+        writer, changes them under the settings row's exclusive lock and bumps its version, and the caller holds
+        the shared lock, so the version it read names exactly the overrides in the database."""
+        cached = self._overrides_cache
+        if cached is not None and cached[0] == settings_version:
+            return cached[1]
+        overrides = {cluster: enabled for cluster, enabled in connection.execute(_ALL_OVERRIDES)}
+        self._overrides_cache = (settings_version, overrides)
+        return overrides
 
     @staticmethod
     def _managed_vm_values(

@@ -8,7 +8,8 @@
 Databases: SQLite always; MariaDB / PostgreSQL from XSHA_BENCH_MYSQL_URL / XSHA_BENCH_POSTGRES_URL (defaults: the
 local servers). Each run gets a fresh database, dropped afterwards. Progress goes to stderr, the document to stdout.
 Benchmarks are not tests: nothing here fails on a missed target; `met` says whether it was met.
-To look inside a run, XSHA_BENCH_SYNC_METRICS_ADDRESS=host:port serves each sync_service child's /metrics there.
+To look inside a run, XSHA_BENCH_SYNC_METRICS_ADDRESS / XSHA_BENCH_HA_METRICS_ADDRESS (host:port) serve the
+sync_service / ha_service child's /metrics there.
 """
 
 from __future__ import annotations

@@ -532,7 +532,7 @@ class HaProcess:
             "DATABASE_URL": db_url,
             "DATABASE_AUTO_UPGRADE": "true",
             "AUTH_TOKENS": TOKEN,
-            "METRICS_ADDRESS": os.environ.get("XSHA_BENCH_SYNC_METRICS_ADDRESS", ""),
+            "METRICS_ADDRESS": os.environ.get("XSHA_BENCH_HA_METRICS_ADDRESS", ""),
             "LOG_LEVEL": "WARNING",
             "SYNC_ADDRESS": sync_address,
             "SYNC_TOKEN": TOKEN,

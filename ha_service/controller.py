@@ -65,6 +65,8 @@ _NAME_CHUNK = 500
 _UNITS_PER_TRANSACTION = 100
 # Queued items the worker takes in hand at once (a bound on how far it looks ahead for a batch).
 _BACKLOG_LIMIT = 1000
+# Changes sync_service may send in one WatchChanges response: a burst (a host's VMs failing over) costs one message.
+_CHANGES_PER_RESPONSE = 500
 # Session.info keys of per-transaction reads.
 _SETTINGS_KEY = "ha_controller_settings"
 _MIGRATING_KEY = "ha_controller_migrating"
@@ -230,7 +232,11 @@ class Controller:
                     self._queue.put(_Snapshot(pools, hosts, vms, listed, process=not resume))
                     since = self._persisted_revision if resume else listed
                     first = False
-                stream = self.sync.watch(since, bookmark_interval=self.config.watch_bookmark_interval)
+                stream = self.sync.watch(
+                    since,
+                    bookmark_interval=self.config.watch_bookmark_interval,
+                    max_changes_per_response=_CHANGES_PER_RESPONSE,
+                )
                 with self._stream_lock:
                     if self._stop.is_set():
                         stream.cancel()
@@ -243,11 +249,12 @@ class Controller:
                     if self._stop.is_set():
                         return
                     backoff = self.config.reconnect_initial_backoff
-                    if item.HasField("change"):
-                        if item.change.HasField("pool"):
-                            self.on_pool_change(item.change.pool.cluster_id or item.change.cluster_id)
-                        self._queue.put(item.change)
-                        since = max(since, item.change.revision)
+                    if item.HasField("changes") or item.HasField("change"):
+                        for change in item.changes.changes if item.HasField("changes") else (item.change,):
+                            if change.HasField("pool"):
+                                self.on_pool_change(change.pool.cluster_id or change.cluster_id)
+                            self._queue.put(change)
+                            since = max(since, change.revision)
                     else:
                         self._queue.put(("bookmark", item.bookmark.revision))
                         since = max(since, item.bookmark.revision)

@@ -217,11 +217,15 @@ class SyncClient:
         *,
         kinds: Iterable[Any] = (),
         bookmark_interval: float = 1.0,
+        max_changes_per_response: int = 0,
     ) -> WatchStream:
         interval = duration_pb2.Duration()
         interval.FromMilliseconds(max(100, int(bookmark_interval * 1000)))
         request = sync_service_pb2.WatchChangesRequest(
-            since_revision=since_revision, kinds=list(kinds), bookmark_interval=interval
+            since_revision=since_revision,
+            kinds=list(kinds),
+            bookmark_interval=interval,
+            max_changes_per_response=max_changes_per_response,
         )
         call = self._stub.WatchChanges(request, metadata=self._metadata)
         return WatchStream(call)

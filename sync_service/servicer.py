@@ -11,7 +11,7 @@ import grpc
 from sync_service import converters
 from sync_service.crypto import Credentials
 from sync_service.domain import HA_RESTART_PRIORITIES
-from sync_service.handlers import SyncHandlers
+from sync_service.handlers import MAX_CHANGES_PER_RESPONSE, SyncHandlers
 from sync_service.store.repository import VmFilter
 from sync_service.validation import (
     MAX_NAME,
@@ -282,12 +282,15 @@ class HypervisorSyncServicer(sync_service_pb2_grpc.HypervisorSyncServiceServicer
                 violations.add("bookmark_interval", "must be at most one hour")
             else:
                 interval = seconds
+        if request.max_changes_per_response > MAX_CHANGES_PER_RESPONSE:
+            violations.add("max_changes_per_response", f"must be at most {MAX_CHANGES_PER_RESPONSE}")
         violations.raise_if_any()
         yield from self.handlers.watch(
             request.since_revision,
             kinds=kinds,
             cluster_id=request.cluster_id,
             bookmark_interval=interval,
+            max_per_response=max(1, request.max_changes_per_response),
             is_active=context.is_active,
         )
 

@@ -101,6 +101,9 @@ def test_queries_validate_their_inputs(sync: RunningSyncService) -> None:
     _fails(lambda: next(iter(watch)), grpc.StatusCode.INVALID_ARGUMENT)
     watch = stub.WatchChanges(sync_service_pb2.WatchChangesRequest(since_revision=10**9))
     _fails(lambda: next(iter(watch)), grpc.StatusCode.OUT_OF_RANGE)
+    watch = stub.WatchChanges(sync_service_pb2.WatchChangesRequest(max_changes_per_response=1001))
+    _, bad = _fails(lambda: next(iter(watch)), grpc.StatusCode.INVALID_ARGUMENT)
+    assert [v.field for v in bad.field_violations] == ["max_changes_per_response"]
 
 
 def test_registry_lifecycle_idempotency_and_secrecy(
@@ -197,6 +200,36 @@ def test_deregister_emits_removed_changes(sync: RunningSyncService, make_sim: An
     assert removed[sync_service_pb2.RESOURCE_KIND_VM] == {vm.uuid for vm in vms}
     assert len(removed[sync_service_pb2.RESOURCE_KIND_HOST]) == 3
     assert removed[sync_service_pb2.RESOURCE_KIND_POOL] == {CLUSTER}
+
+
+def _watch_until_bookmark(sync: RunningSyncService, request: sync_service_pb2.WatchChangesRequest) -> list[list[int]]:
+    """The revisions of each response's changes, up to the first bookmark (the stream has caught up)."""
+    responses: list[list[int]] = []
+    stream = sync.stub.WatchChanges(request, timeout=10)
+    for item in stream:
+        if item.HasField("bookmark"):
+            break
+        if item.HasField("changes"):
+            responses.append([change.revision for change in item.changes.changes])
+        else:
+            responses.append([item.change.revision])
+    stream.cancel()  # type: ignore[no-untyped-call]
+    return responses
+
+
+def test_watch_sends_changes_in_batches_when_asked(sync: RunningSyncService, make_sim: Any) -> None:
+    sim = make_sim()
+    sync.register_pool(CLUSTER, sim.master_url(), "root", "password")
+    sync.wait_watching(CLUSTER)
+    wait_converged(sync, sim.pool(), CLUSTER)
+    one_by_one = _watch_until_bookmark(sync, sync_service_pb2.WatchChangesRequest(since_revision=0))
+    batched = _watch_until_bookmark(
+        sync, sync_service_pb2.WatchChangesRequest(since_revision=0, max_changes_per_response=4)
+    )
+    revisions = [revision for response in one_by_one for revision in response]
+    assert len(revisions) > 8 and all(len(response) == 1 for response in one_by_one)
+    assert [revision for response in batched for revision in response] == revisions  # same changes, same order
+    assert all(1 <= len(response) <= 4 for response in batched) and len(batched) < len(one_by_one)
 
 
 def test_list_paging_filters_and_get_by_name(sync: RunningSyncService, make_sim: Any) -> None:

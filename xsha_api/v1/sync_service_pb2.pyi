@@ -881,10 +881,16 @@ class WatchChangesRequest(_message.Message):
     KINDS_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     BOOKMARK_INTERVAL_FIELD_NUMBER: _builtins.int
+    MAX_CHANGES_PER_RESPONSE_FIELD_NUMBER: _builtins.int
     since_revision: _builtins.int
     """Changes with a revision greater than this are sent. 0 sends every retained change."""
     cluster_id: _builtins.str
     """Empty: every cluster."""
+    max_changes_per_response: _builtins.int
+    """0 or 1: one change per response (`change`). Above 1: changes already committed travel up to this many to a
+    response (`changes`, in revision order), so a busy stream costs one message per burst rather than per change.
+    At most 1000.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[Global___ResourceKind.ValueType]:
         """Empty: every kind."""
@@ -900,14 +906,37 @@ class WatchChangesRequest(_message.Message):
         kinds: _abc.Iterable[Global___ResourceKind.ValueType] | None = ...,
         cluster_id: _builtins.str = ...,
         bookmark_interval: _duration_pb2.Duration | None = ...,
+        max_changes_per_response: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bookmark_interval", b"bookmark_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark_interval", b"bookmark_interval", "cluster_id", b"cluster_id", "kinds", b"kinds", "since_revision", b"since_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark_interval", b"bookmark_interval", "cluster_id", b"cluster_id", "kinds", b"kinds", "max_changes_per_response", b"max_changes_per_response", "since_revision", b"since_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchChangesRequest: _TypeAlias = WatchChangesRequest  # noqa: Y015
+
+@_typing.final
+class ChangeBatch(_message.Message):
+    """Consecutive changes in revision order (WatchChangesRequest.max_changes_per_response above 1)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHANGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
+    def __init__(
+        self,
+        *,
+        changes: _abc.Iterable[Global___Change] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeBatch: _TypeAlias = ChangeBatch  # noqa: Y015
 
 @_typing.final
 class Change(_message.Message):
@@ -963,21 +992,25 @@ class WatchChangesResponse(_message.Message):
 
     CHANGE_FIELD_NUMBER: _builtins.int
     BOOKMARK_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def change(self) -> Global___Change: ...
     @_builtins.property
     def bookmark(self) -> _common_pb2.Bookmark: ...
+    @_builtins.property
+    def changes(self) -> Global___ChangeBatch: ...
     def __init__(
         self,
         *,
         change: Global___Change | None = ...,
         bookmark: _common_pb2.Bookmark | None = ...,
+        changes: Global___ChangeBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "change", b"change", "item", b"item"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "change", b"change", "changes", b"changes", "item", b"item"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "change", b"change", "item", b"item"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bookmark", b"bookmark", "change", b"change", "changes", b"changes", "item", b"item"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["change", "bookmark"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["change", "bookmark", "changes"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 

@@ -58,7 +58,7 @@ SCENARIO = {
 
 
 class Recorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc,type-arg]
-    """Keeps each call's method, request and (first) responses."""
+    """Keeps each call's method, request and first responses (of a stream, the first few of each kind)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -80,10 +80,15 @@ class Recorder(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercept
         with self.lock:
             self.calls.append(entry)
 
+        kinds: dict[str, int] = {}
+
         class Recording:
             def __iter__(self) -> Iterator[Message]:
                 for item in call:
-                    if len(entry[2]) < 3:
+                    # A few of each kind (bookmark, change, changes...), however the stream interleaves them.
+                    kind = ",".join(sorted(field.name for field, _ in item.ListFields()))
+                    if kinds.get(kind, 0) < 3:
+                        kinds[kind] = kinds.get(kind, 0) + 1
                         entry[2].append(item)
                     yield item
 
@@ -156,17 +161,20 @@ def _record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[dict[
 
 
 def _field_paths(message: Message, prefix: str = "", depth: int = 0) -> list[str]:
-    """Dotted paths of the fields set in `message` (nested messages two levels deep, first repeated item)."""
+    """Dotted paths of the fields set in `message` (nested messages three levels deep; of a repeated field, the
+    union over its first 50 items, so a batch of mixed changes shows every kind's fields)."""
     paths: list[str] = []
     for descriptor, value in message.ListFields():
         path = f"{prefix}{descriptor.name}"
         paths.append(path)
-        if descriptor.message_type is None or depth >= 2:
+        if descriptor.message_type is None or depth >= 3:
             continue
-        child = value[0] if descriptor.is_repeated and len(value) else None if descriptor.is_repeated else value
-        if isinstance(child, Message) and descriptor.message_type.full_name.startswith("cloudstack."):
+        if not descriptor.message_type.full_name.startswith("cloudstack."):
+            continue
+        children = list(value[:50]) if descriptor.is_repeated else [value]
+        for child in children:
             paths.extend(_field_paths(child, f"{path}.", depth + 1))
-    return paths
+    return sorted(set(paths))
 
 
 def _symbolize(value: Any, values: dict[str, str], key: str = "") -> Any:

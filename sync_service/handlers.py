@@ -9,7 +9,8 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from functools import partial
+from typing import Any, Final, TypeVar
 
 import grpc
 import orjson
@@ -33,6 +34,7 @@ from sync_service.xapi import TlsOptions, XapiClient, XapiConnectionError, XapiE
 from sync_service.xapi.client import as_int
 from sync_service.xapi.errors import HANDLE_INVALID, INVALID_VALUE, SESSION_AUTHENTICATION_FAILED, UUID_INVALID
 from xsha_api.v1 import common_pb2, sync_service_pb2
+from xsha_common.db import retry_transient
 from xsha_common.errors import (
     FieldViolation,
     ServiceError,
@@ -48,6 +50,13 @@ log = logging.getLogger(__name__)
 
 WATCH_BATCH: Final = 500
 MAX_CHANGES_PER_RESPONSE: Final = 1000
+T = TypeVar("T")
+
+
+def _retrying_conflicts(transaction: Callable[[], T]) -> T:
+    """A registry write retried at once when it loses a lock conflict (a deadlock with another replica's lease or
+    batch write): a few quick tries, so the caller sees UNAVAILABLE only when the database itself is down."""
+    return retry_transient(transaction, attempts=4, backoff=0.05, max_backoff=0.2)
 
 
 def _change_batch(payloads: Sequence[bytes]) -> sync_service_pb2.WatchChangesResponse:
@@ -140,14 +149,18 @@ class SyncHandlers:
                     hint="the cluster has a pool registered with another configuration; use UpdatePool to change it",
                 )
             try:
-                pool = self.repository.register_pool(
-                    cluster_id=cluster_id,
-                    master_url=master_url,
-                    credentials_encrypted=self.cipher.encrypt(credentials) if credentials is not None else None,
-                    tls_ca_bundle_pem=tls.ca_bundle_pem,
-                    tls_fingerprint=tls.certificate_sha256_fingerprint,
-                    tls_insecure=tls.insecure_skip_verify,
-                    request_id=request_id,
+                encrypted = self.cipher.encrypt(credentials) if credentials is not None else None
+                pool = _retrying_conflicts(
+                    partial(
+                        self.repository.register_pool,
+                        cluster_id=cluster_id,
+                        master_url=master_url,
+                        credentials_encrypted=encrypted,
+                        tls_ca_bundle_pem=tls.ca_bundle_pem,
+                        tls_fingerprint=tls.certificate_sha256_fingerprint,
+                        tls_insecure=tls.insecure_skip_verify,
+                        request_id=request_id,
+                    )
                 )
             except IntegrityError:
                 continue  # a concurrent registration of the same cluster won: compare with it
@@ -189,14 +202,17 @@ class SyncHandlers:
         request_id: str,
     ) -> PoolInfo:
         try:
-            pool = self.repository.update_pool(
-                cluster_id,
-                master_url=master_url,
-                credentials_encrypted=self.cipher.encrypt(credentials) if credentials is not None else None,
-                tls=(tls.ca_bundle_pem, tls.certificate_sha256_fingerprint, tls.insecure_skip_verify)
-                if tls is not None
-                else None,
-                request_id=request_id,
+            encrypted = self.cipher.encrypt(credentials) if credentials is not None else None
+            pool = _retrying_conflicts(
+                lambda: self.repository.update_pool(
+                    cluster_id,
+                    master_url=master_url,
+                    credentials_encrypted=encrypted,
+                    tls=(tls.ca_bundle_pem, tls.certificate_sha256_fingerprint, tls.insecure_skip_verify)
+                    if tls is not None
+                    else None,
+                    request_id=request_id,
+                )
             )
         except PoolNotFoundError:
             raise _pool_not_found(cluster_id) from None
@@ -206,7 +222,7 @@ class SyncHandlers:
         return pool
 
     def deregister_pool(self, cluster_id: str, request_id: str) -> None:
-        if not self.repository.deregister_pool(cluster_id, request_id):
+        if not _retrying_conflicts(lambda: self.repository.deregister_pool(cluster_id, request_id)):
             raise _pool_not_found(cluster_id)
         log.info("pool deregistered", extra={"cluster_id": cluster_id})
         self.supervisor.reconcile()

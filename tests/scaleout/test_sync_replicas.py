@@ -124,14 +124,18 @@ def all_converged(client: RunningSyncService, sim: Simulator) -> list[str]:
 
 def start_replicas(db_url: str, sim: Simulator) -> Replicas:
     replicas = Replicas(db_url, Fernet.generate_key().decode())
-    for name in ("r0", "r1", "r2"):
-        replicas.spawn(name)
-    admin = replicas.client("r0")
-    for i in range(POOLS):
-        admin.register_pool(f"c{i}", sim.master_url(f"p{i}"), "root", "password")
-    counts = wait_for(lambda: balanced(replicas, {"r0", "r1", "r2"}), WAIT, 0.2, "10/10/10 pool shares")
-    assert sorted(counts.values()) == [10, 10, 10]
-    wait_for(lambda: not all_converged(admin, sim) or None, WAIT, 0.2, "every pool mirrored")
+    try:
+        for name in ("r0", "r1", "r2"):
+            replicas.spawn(name)
+        admin = replicas.client("r0")
+        for i in range(POOLS):
+            admin.register_pool(f"c{i}", sim.master_url(f"p{i}"), "root", "password")
+        counts = wait_for(lambda: balanced(replicas, {"r0", "r1", "r2"}), WAIT, 0.2, "10/10/10 pool shares")
+        assert sorted(counts.values()) == [10, 10, 10]
+        wait_for(lambda: not all_converged(admin, sim) or None, WAIT, 0.2, "every pool mirrored")
+    except BaseException:
+        replicas.close()  # else the replica processes outlive the test and load every test after it
+        raise
     return replicas
 
 

@@ -28,7 +28,7 @@ from bench.fig_ingest import IngestRig, Observer, Probe, xsha_consumer
 from xsha_api.v1 import sync_service_pb2
 
 CLOUDSTACK_PING_S = 60.0
-# The watcher asks for changes in batches, as ha_service's controller does: a busy stream is one message per burst.
+# The watcher asks for changes in batches: a busy stream is one message per burst.
 CHANGES_PER_RESPONSE = 500
 
 

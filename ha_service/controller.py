@@ -65,8 +65,6 @@ _NAME_CHUNK = 500
 _UNITS_PER_TRANSACTION = 100
 # Queued items the worker takes in hand at once (a bound on how far it looks ahead for a batch).
 _BACKLOG_LIMIT = 1000
-# Changes sync_service may send in one WatchChanges response: a burst (a host's VMs failing over) costs one message.
-_CHANGES_PER_RESPONSE = 500
 # Session.info keys of per-transaction reads.
 _SETTINGS_KEY = "ha_controller_settings"
 _MIGRATING_KEY = "ha_controller_migrating"
@@ -232,11 +230,7 @@ class Controller:
                     self._queue.put(_Snapshot(pools, hosts, vms, listed, process=not resume))
                     since = self._persisted_revision if resume else listed
                     first = False
-                stream = self.sync.watch(
-                    since,
-                    bookmark_interval=self.config.watch_bookmark_interval,
-                    max_changes_per_response=_CHANGES_PER_RESPONSE,
-                )
+                stream = self.sync.watch(since, bookmark_interval=self.config.watch_bookmark_interval)
                 with self._stream_lock:
                     if self._stop.is_set():
                         stream.cancel()

@@ -241,28 +241,8 @@ def _stored_vm(row: Sequence[Any]) -> _StoredVm:
 
 
 def _vm_from_row(row: VmRow) -> MirrorVm:
-    xapi_power_state = _XAPI_POWER_STATES.get(row.xapi_power_state) or XapiPowerState(row.xapi_power_state)
-    return MirrorVm(
-        cluster_id=row.cluster_id,
-        pool_uuid=row.pool_uuid,
-        facts=VmFacts(
-            uuid=row.uuid,
-            name=row.name_label,
-            xapi_power_state=xapi_power_state,
-            resident_host_uuid=row.resident_host_uuid,
-            ha_restart_priority=row.ha_restart_priority,
-            order=row.ha_order,
-            start_delay=row.start_delay,
-            ha_always_run=row.ha_always_run,
-            memory_static_max=row.memory_static_max,
-        ),
-        power_state=_POWER_STATES.get(row.power_state) or PowerState(row.power_state),
-        power_state_update_time=row.power_state_update_time,
-        power_state_update_count=row.power_state_update_count,
-        removed=row.removed,
-        revision=row.revision,
-        update_time=row.update_time,
-    )
+    """An ORM VM row as a MirrorVm: the same mapping as the batch write's tuples (_stored_vm)."""
+    return _stored_vm([getattr(row, column.name) for column in _STORED_VM_COLUMNS]).vm
 
 
 def _vm_values(vm: MirrorVm) -> dict[str, Any]:
@@ -919,12 +899,7 @@ class Repository:
         return outcomes
 
     def _write_alone(self, batch: Batch) -> BatchResult | BaseException:
-        try:
-            outcomes, last = self._write_together([batch])
-        except Exception as error:
-            return error
-        self._commit_hook(last)
-        return outcomes[0]
+        return self._write_group([batch])[0]
 
     def _write_together(self, batches: Sequence[Batch]) -> tuple[list[BatchResult | BaseException], int]:
         """All `batches` in one transaction; a batch refused by its checks (nothing of it written yet) gets its

@@ -198,7 +198,7 @@ class Controller:
 
     def notify_decision(self, cluster_id: str, instance_name: str) -> None:
         """A decision committed: apply it now if the VM is already in the mirror. Only then is there work (see
-        _on_decision), so the worker is not woken for each of a burst of decisions made ahead of their VMs: a VM
+        _decision_unit), so the worker is not woken for each of a burst of decisions made ahead of their VMs: a VM
         the worker adds to the mirror later is bound when it observes the VM, and the tick binds any left over."""
         if (cluster_id, instance_name) in self.vm_by_name:
             self._queue.put(("decision", cluster_id, instance_name))
@@ -324,12 +324,13 @@ class Controller:
         return segment
 
     def _handle_segment(self, segment: list[object]) -> None:
-        if len(segment) == 1 and not self._batchable(segment[0]):
-            self._handle(segment[0])
-        else:
+        if self._batchable(segment[0]):  # then all of it is (see _next_segment)
             self._on_vm_items(segment)
+        else:
+            self._handle(segment[0])
 
     def _handle(self, item: object) -> None:
+        """One item that is not a VM change or decision (those go to _on_vm_items)."""
         if isinstance(item, sync_service_pb2.Change):
             self._on_change(item)
         elif isinstance(item, _Snapshot):
@@ -338,8 +339,6 @@ class Controller:
             if item[0] == "bookmark":
                 self.processed_revision = max(self.processed_revision, int(item[1]))
                 self._persist_revision(force=False)
-            elif item[0] == "decision":
-                self._on_decision(str(item[1]), str(item[2]))
             elif item[0] == "barrier":
                 item[1].set()
 
@@ -439,10 +438,8 @@ class Controller:
             self._check_fencing(cluster_id)
 
     def _on_change(self, change: sync_service_pb2.Change) -> None:
+        """A host or pool change (VM changes go to _on_vm_items)."""
         removed = change.type == sync_service_pb2.CHANGE_TYPE_REMOVED
-        if change.HasField("vm"):
-            self._on_vm_items([change])
-            return
         if change.HasField("host"):
             liveness = self._cache_host(change.host, removed)
             if liveness is False:
@@ -484,9 +481,6 @@ class Controller:
         if uuid is None or uuid not in self.vms:
             return None
         return partial(self._observe_in, vm=self.vms[uuid], removed=False)
-
-    def _on_decision(self, cluster_id: str, instance_name: str) -> None:
-        self._on_vm_items([("decision", cluster_id, instance_name)])
 
     def _on_host_died(self, host: sync_service_pb2.Host) -> None:
         with self.sessions() as session:
@@ -935,7 +929,7 @@ class Controller:
                 ).scalars()
             )
             # Decisions not yet bound to a VM, among the names the mirror has (only those can bind, see
-            # _on_decision): looked up by name rather than scanning every unbound decision, whose number grows with
+            # _decision_unit): looked up by name rather than scanning every unbound decision, whose number grows with
             # deployments that never produced a VM and made each tick slower.
             names_by_cluster: dict[str, list[str]] = {}
             for cluster_id, name in self.vm_by_name:

@@ -27,7 +27,8 @@ TOMBSTONE_LIMIT = 50_000
 
 
 class SimObject:
-    """One XAPI object; `xml` / `json` cache its serialised record and are dropped on every change."""
+    """One XAPI object. `json` caches its serialised record and is dropped on every change; `xml` keeps the XML-RPC
+    member fragments of the record as last encoded (see wire_xml.object_fragment)."""
 
     __slots__ = ("cls", "created_gen", "json", "malformed", "mod_gen", "mod_time", "rec", "ref", "xml")
 
@@ -38,7 +39,7 @@ class SimObject:
         self.created_gen = gen
         self.mod_gen = gen
         self.mod_time = time.time()
-        self.xml: str | None = None
+        self.xml: tuple[dict[str, Any], list[str], dict[str, int]] | None = None
         self.json: bytes | None = None
         self.malformed: str | None = None
 
@@ -153,7 +154,6 @@ class ObjectStore:
             self.cond.notify_all()
 
     def _touch_locked(self, obj: SimObject) -> None:
-        obj.xml = None
         obj.json = None
         obj.mod_gen = self._bump(obj.cls, obj.ref)
         obj.mod_time = time.time()

@@ -64,20 +64,45 @@ def encode(value: Any, out: list[str]) -> None:
         raise TypeError(f"cannot encode {t.__name__} as XML-RPC")
 
 
+_STRUCT_OPEN = "<value><struct>"
+_STRUCT_CLOSE = "</struct></value>"
+_MISSING = object()
+
+
+def _member(key: str, value: Any) -> str:
+    out = ["<member><name>" + _escape(str(key)) + "</name>"]
+    encode(value, out)
+    out.append("</member>")
+    return "".join(out)
+
+
 def object_fragment(obj: SimObject) -> str:
-    frag = obj.xml
-    if frag is None:
-        rec, kind = obj.rec, obj.malformed
-        if kind == "garbage":
-            frag = _GARBAGE
-        else:
-            parts: list[str] = []
-            encode(record_for_wire(rec, kind), parts)
-            frag = "".join(parts)
-        # Records are replaced, never mutated: cache only if no change raced with the encoding.
-        if obj.rec is rec:
-            obj.xml = frag
-    return frag
+    """The object's record as a `<value>`. Records are replaced, never mutated, and a change replaces only some
+    fields, so the member fragments of the last encoding are kept (`obj.xml`) and only members whose value is not
+    the very object encoded last time are encoded again: a VM whose power state flipped costs one member, not 90."""
+    rec, kind = obj.rec, obj.malformed
+    if kind == "garbage":
+        return _GARBAGE
+    if kind is not None:
+        parts: list[str] = []
+        encode(record_for_wire(rec, kind), parts)
+        return "".join(parts)
+    state = obj.xml
+    if state is not None:
+        base, previous, index = state
+        if base is rec:
+            return _STRUCT_OPEN + "".join(previous) + _STRUCT_CLOSE
+        if len(base) == len(rec):
+            changed = [key for key, value in rec.items() if base.get(key, _MISSING) is not value]
+            if all(key in index for key in changed):
+                members = previous.copy()
+                for key in changed:
+                    members[index[key]] = _member(key, rec[key])
+                obj.xml = (rec, members, index)
+                return _STRUCT_OPEN + "".join(members) + _STRUCT_CLOSE
+    members = [_member(key, value) for key, value in rec.items()]
+    obj.xml = (rec, members, {key: position for position, key in enumerate(rec)})
+    return _STRUCT_OPEN + "".join(members) + _STRUCT_CLOSE
 
 
 def success(value: Any) -> bytes:

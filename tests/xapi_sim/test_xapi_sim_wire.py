@@ -11,7 +11,10 @@ from urllib.parse import urlsplit
 import pytest
 import XenAPI
 
+from xapi_sim.model import ObjectStore, record_for_wire
+from xapi_sim.records import vm_record
 from xapi_sim.testing import XAPI_FAILURES, JsonRpcClient, JsonRpcHttpError, SimControl, user_vms, xmlrpc_proxy
+from xapi_sim.wire_xml import encode, object_fragment
 
 REF = re.compile(r"^OpaqueRef:[0-9a-f-]{36}$")
 
@@ -258,3 +261,28 @@ def test_templates_snapshots_and_control_domains_are_vm_objects(sim, clients):
     snapshots = [r for r in records.values() if r["is_a_snapshot"]]
     assert len(snapshots) == 1 and snapshots[0]["snapshot_of"] in records
     assert len(user_vms(records)) == 6
+
+
+def test_a_changed_record_is_encoded_as_a_fresh_encoding_would_be() -> None:
+    """The XML encoder re-encodes only the members whose value changed; the result must equal a full encoding,
+    whatever changed (a value, a container, a new field, a field removed, a fault-injected variant)."""
+
+    def fresh(record: dict[str, Any]) -> str:
+        parts: list[str] = []
+        encode(record, parts)
+        return "".join(parts)
+
+    store = ObjectStore()
+    vm = store.add("VM", "OpaqueRef:vm", vm_record(uuid_="u1", name_label="first", power_state="Halted"))
+    assert object_fragment(vm) == fresh(vm.rec)
+    store.modify(vm, {"power_state": "Running", "resident_on": "OpaqueRef:h1", "other_config": {"k": "a & b"}})
+    assert "<name>power_state</name><value>Running</value>" in object_fragment(vm)
+    assert object_fragment(vm) == fresh(vm.rec)
+    store.modify(vm, {"name_label": "<second>", "brand_new_field": ["x"]})
+    assert object_fragment(vm) == fresh(vm.rec)
+    vm.rec = {key: value for key, value in vm.rec.items() if key != "name_description"}
+    assert object_fragment(vm) == fresh(vm.rec)
+    vm.malformed = "unknown_power_state"
+    assert object_fragment(vm) == fresh(record_for_wire(vm.rec, "unknown_power_state"))
+    vm.malformed = None
+    assert object_fragment(vm) == fresh(vm.rec)

@@ -98,9 +98,17 @@ class PoolLeases:
                 _REPLICAS,
                 [{"replica_id": self.holder, "address": self.address, "expire_time": expire, "start_time": now}],
             )
-        connection.execute(
-            delete(_REPLICAS).where(_REPLICAS.c.expire_time < now - _FORGET_AFTER_PERIODS * self.settings.period)
+        # Replicas dead long ago are found by a plain read and deleted by key. A DELETE ranging over expire_time
+        # locked every row it scanned on MariaDB, including the row another replica's heartbeat had just updated,
+        # and two heartbeats deadlocked.
+        cutoff = now - _FORGET_AFTER_PERIODS * self.settings.period
+        forgotten = sorted(
+            connection.execute(select(_REPLICAS.c.replica_id).where(_REPLICAS.c.expire_time < cutoff)).scalars()
         )
+        if forgotten:
+            connection.execute(
+                delete(_REPLICAS).where(_REPLICAS.c.replica_id.in_(forgotten), _REPLICAS.c.expire_time < cutoff)
+            )
         live = connection.execute(
             select(func.count()).select_from(_REPLICAS).where(_REPLICAS.c.expire_time > now)
         ).scalar_one()

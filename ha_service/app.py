@@ -161,6 +161,9 @@ class HaService:
                 return
             if self.controller is None or self._controller_used:
                 self.controller = self._new_controller()
+            if self.controller_lease is not None:
+                # Its revision writes are fenced by this epoch (the lease row is the controller's state row).
+                self.controller.lease_fence = (self.controller_lease.holder, epoch)
             self._controller_used = True
             self.controller.start()
             self._controller_started = True

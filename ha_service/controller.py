@@ -146,8 +146,11 @@ class Controller:
         config: ControllerConfig | None = None,
         is_active_replica: Callable[[], bool] = lambda: True,
         on_pool_change: Callable[[str | None], None] = lambda cluster_id: None,
+        lease_fence: tuple[str, int] | None = None,
     ) -> None:
         self.sessions = sessions
+        # The controller lease this controller runs under, (holder, fencing token); None without a lease (tests).
+        self.lease_fence = lease_fence
         self.sync = sync
         self.bus = bus
         self.clock = clock
@@ -171,6 +174,7 @@ class Controller:
         self.processed_revision = 0
         self._persisted_revision = 0
         self._last_persist = 0.0
+        self._fenced_out = False
         self.connected = threading.Event()
         self.snapshots_taken = 0
 
@@ -349,16 +353,35 @@ class Controller:
             return
         revision, now = self.processed_revision, self.clock()
 
-        def transaction() -> None:
+        def transaction() -> bool:
             with write_transaction(self.sessions) as session:
+                if self.lease_fence is not None:
+                    # Fenced: a controller whose lease was taken over must not move the new holder's revision
+                    # (back), which would make the next controller start over from an older one.
+                    holder, token = self.lease_fence
+                    stored = session.connection().execute(
+                        update(ControllerStateRow)
+                        .where(
+                            ControllerStateRow.name == CONTROLLER_NAME,
+                            ControllerStateRow.holder == holder,
+                            ControllerStateRow.fencing_token == token,
+                        )
+                        .values(sync_revision=revision, update_time=now)
+                    )
+                    return bool(stored.rowcount == 1)
                 state = session.get(ControllerStateRow, CONTROLLER_NAME)
                 if state is None:
                     session.add(ControllerStateRow(name=CONTROLLER_NAME, sync_revision=revision, update_time=now))
                 else:
                     state.sync_revision = revision
                     state.update_time = now
+                return True
 
-        retry_transient(transaction)
+        if not retry_transient(transaction):
+            if not self._fenced_out:
+                self._fenced_out = True
+                log.warning("controller lease taken over: revision %s and later not stored", revision)
+            return
         self._persisted_revision = revision
         self._last_persist = time.monotonic()
         self.metrics.controller_revision.set(revision)

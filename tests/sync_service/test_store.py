@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from sync_service.domain import HaFacts, PoolFacts, VersionFacts, VmFacts, XapiPowerState
 from sync_service.store.models import VERSION_TABLE
-from sync_service.store.repository import Batch, Repository, StaleWatcherError
+from sync_service.store.repository import ANALYZE_AFTER_FULL_LIST_OF, Batch, Repository, StaleWatcherError
 from sync_service.testing import RunningSyncService
 from xsha_api.v1 import sync_service_pb2
 from xsha_common.db import create_engine_for, current_revision, downgrade_to_base, head_revision, upgrade_to_head
@@ -201,3 +201,26 @@ def test_retention_answers_out_of_range(db_url: str, make_sync: Any) -> None:
             revisions.append(item.change.revision)
         stream.cancel()  # type: ignore[no-untyped-call]
         assert revisions == [last - 2, last - 1, last]
+
+
+def _reltuples(repository: Repository, table: str) -> float:
+    with repository.engine.connect() as connection:
+        query = text("SELECT reltuples FROM pg_class WHERE relname = :table")
+        return float(connection.execute(query, {"table": table}).scalar_one())
+
+
+def test_a_large_full_list_refreshes_the_planner_statistics_on_postgresql(
+    repository: Repository, db_backend: str
+) -> None:
+    """Until a table filled from empty is analysed, PostgreSQL plans for an empty table (and read existing rows
+    among a batch's uuids by filtering the whole pool). A large full list is followed by an ANALYZE."""
+    if db_backend != "postgresql":
+        pytest.skip("PostgreSQL's planner statistics; the other databases keep their own up to date")
+    _register(repository, "small")
+    _register(repository, "large")
+    small = [_facts(f"s{n}") for n in range(ANALYZE_AFTER_FULL_LIST_OF - 1)]
+    repository.apply_batch(Batch("small", 1, "t1", pool=_pool_facts(), vms=small, full=True))
+    assert _reltuples(repository, "sync_vms") <= 0  # never analysed yet (-1, or 0 before PostgreSQL 14)
+    large = [_facts(f"l{n}") for n in range(ANALYZE_AFTER_FULL_LIST_OF)]
+    repository.apply_batch(Batch("large", 1, "t1", pool=_pool_facts(), vms=large, full=True))
+    assert _reltuples(repository, "sync_vms") == len(small) + len(large)

@@ -62,6 +62,21 @@ def as_int(value: Any, default: int = 0) -> int:
     return default
 
 
+def event_of(envelope: Mapping[str, Any], snapshot: Mapping[str, Any] | None) -> Event:
+    """An event from its envelope fields ("class", "operation", "ref"), whichever decoder read them."""
+    return Event(
+        cls=str(envelope.get("class", "")).lower(),
+        operation=str(envelope.get("operation", "")),
+        ref=str(envelope.get("ref", "")),
+        snapshot=snapshot,
+    )
+
+
+def ref_counts(raw: Mapping[Any, Any]) -> dict[str, int]:
+    """event.from's valid_ref_counts, by lower-case class name."""
+    return {str(key).lower(): as_int(value) for key, value in raw.items()}
+
+
 def parse_event_batch(raw: Any) -> EventBatch:
     if not isinstance(raw, Mapping) or "token" not in raw:
         raise XapiProtocolError("event.from answered without a token")
@@ -70,16 +85,8 @@ def parse_event_batch(raw: Any) -> EventBatch:
         if not isinstance(item, Mapping):
             raise XapiProtocolError("event.from answered a malformed event")
         snapshot = item.get("snapshot")
-        events.append(
-            Event(
-                cls=str(item.get("class", "")).lower(),
-                operation=str(item.get("operation", "")),
-                ref=str(item.get("ref", "")),
-                snapshot=snapshot if isinstance(snapshot, Mapping) else None,
-            )
-        )
-    counts_raw = raw.get("valid_ref_counts") or {}
-    counts = {str(key).lower(): as_int(value) for key, value in counts_raw.items()} if counts_raw else {}
+        events.append(event_of(item, snapshot if isinstance(snapshot, Mapping) else None))
+    counts = ref_counts(raw.get("valid_ref_counts") or {})
     return EventBatch(events=events, valid_ref_counts=counts, token=str(raw["token"]))
 
 

@@ -14,7 +14,7 @@ from typing import Any, Final, cast
 
 import msgspec
 
-from sync_service.xapi.client import Event, EventBatch, as_int
+from sync_service.xapi.client import Event, EventBatch, ref_counts
 
 _UNSET: Final = msgspec.UNSET
 
@@ -129,6 +129,6 @@ def decode_event_from(payload: bytes) -> EventBatch | None:
             )
             for event in batch.events
         ],
-        valid_ref_counts={str(key).lower(): as_int(value) for key, value in batch.valid_ref_counts.items()},
+        valid_ref_counts=ref_counts(batch.valid_ref_counts),
         token=batch.token,
     )

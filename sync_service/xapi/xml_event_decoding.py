@@ -18,7 +18,7 @@ import re
 import xmlrpc.client
 from typing import Any, Final
 
-from sync_service.xapi.client import Event, EventBatch, as_int
+from sync_service.xapi.client import Event, EventBatch, event_of, ref_counts
 from sync_service.xapi.event_decoding import RECORD_FIELDS
 
 _TYPED: Final = ("string", "boolean", "int", "i4", "i8", "double", r"dateTime\.iso8601", "base64")
@@ -78,7 +78,7 @@ _EVENTS_END: Final = b"</data></array></value></member>"
 _ANSWER_END: Final = re.compile(
     rb"</struct></value></member></struct></value>\s*+</param>\s*+</params>\s*+</methodResponse>\s*+"
 )
-_ENVELOPE_FIELDS: Final = frozenset((b"class", b"operation", b"ref"))
+_ENVELOPE_FIELDS: Final = {b"class": "class", b"operation": "operation", b"ref": "ref"}
 
 
 class _IrregularAnswerError(Exception):
@@ -130,7 +130,7 @@ def _event(text: bytes, position: int) -> tuple[Event, int]:
     if not text.startswith(_EVENT_START, position):
         raise _IrregularAnswerError
     position += len(_EVENT_START)
-    envelope: dict[bytes, Any] = {}
+    envelope: dict[str, Any] = {}
     snapshot: dict[str, Any] | None = None
     while not text.startswith(_EVENT_END, position):
         if text.startswith(_SNAPSHOT_START, position):
@@ -142,18 +142,11 @@ def _event(text: bytes, position: int) -> tuple[Event, int]:
         member = _MEMBER.match(text, position)
         if member is None:
             raise _IrregularAnswerError
-        if member.group(1) in _ENVELOPE_FIELDS:
-            envelope[member.group(1)] = _value(member.group(2))
+        field = _ENVELOPE_FIELDS.get(member.group(1))
+        if field is not None:
+            envelope[field] = _value(member.group(2))
         position = member.end()
-    return (
-        Event(
-            cls=str(envelope.get(b"class", "")).lower(),
-            operation=str(envelope.get(b"operation", "")),
-            ref=str(envelope.get(b"ref", "")),
-            snapshot=snapshot,
-        ),
-        position + len(_EVENT_END),
-    )
+    return event_of(envelope, snapshot), position + len(_EVENT_END)
 
 
 def _events(text: bytes, position: int) -> tuple[list[Event], int]:
@@ -196,7 +189,7 @@ def _decode(text: bytes) -> EventBatch:
         else:
             if not isinstance(decoded, dict):
                 raise _IrregularAnswerError
-            counts = {str(key).lower(): as_int(count) for key, count in decoded.items()}
+            counts = ref_counts(decoded)
         position = value.end() + len(b"</member>")
     if events is None or not isinstance(token, str) or _ANSWER_END.fullmatch(text, position) is None:
         raise _IrregularAnswerError

@@ -7,7 +7,8 @@ receives. The worker takes the queue in order, feeds each observation of a manag
 transaction, and writes decided HA configs through SetVmHaConfig. A periodic tick (injectable clock) runs the time
 rules: HA_RESTART_OVERDUE, REPLACE_SYSTEM_VM, unprotected retries, POOL_UNFENCED, event retention.
 
-Single-active: `is_active_replica` is where a DB lease check goes (ha_controller_state has the columns).
+Single-active: `is_active_replica` says whether this replica can prove it holds the controller lease; while it
+cannot, the worker holds its work (acts on none, drops none).
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ _NAME_CHUNK = 500
 _UNITS_PER_TRANSACTION = 100
 # Queued items the worker takes in hand at once (a bound on how far it looks ahead for a batch).
 _BACKLOG_LIMIT = 1000
+# How often a worker holding work rechecks a lease it cannot prove it holds.
+_INACTIVE_RECHECK_SECONDS = 0.05
 # Session.info keys of per-transaction reads.
 _SETTINGS_KEY = "ha_controller_settings"
 _MIGRATING_KEY = "ha_controller_migrating"
@@ -278,6 +281,7 @@ class Controller:
     def _work_loop(self) -> None:
         next_tick = time.monotonic()
         backlog: deque[object] = deque()
+        holding = False
         while not self._stop.is_set():
             if not backlog:
                 with contextlib.suppress(queue.Empty):
@@ -291,13 +295,22 @@ class Controller:
             if self._stop.is_set():
                 return
             segment = self._next_segment(backlog)
+            if segment and not self.is_active_replica():
+                # The lease cannot be proven held (a renewal is late): act on nothing, and drop nothing either.
+                # Should the lease be lost, this controller is stopped and the next one resumes from the stored
+                # revision, which never passes what is held here.
+                backlog.extendleft(reversed(segment))
+                if not holding:
+                    holding = True
+                    log.warning("controller lease unproven (a renewal is late): holding work until it is")
+                self._stop.wait(_INACTIVE_RECHECK_SECONDS)
+                continue
+            if holding:
+                holding = False
+                log.info("controller lease proven again: resuming with %d items held", len(backlog) + len(segment))
             try:
-                if segment and self.is_active_replica():
+                if segment:
                     self._handle_segment(segment)
-                else:
-                    for item in segment:
-                        if isinstance(item, tuple) and item[0] == "barrier":
-                            item[1].set()
                 ticked = any(isinstance(item, tuple) and item[0] == "tick" for item in segment)
                 if time.monotonic() >= next_tick or ticked:
                     if self.is_active_replica():

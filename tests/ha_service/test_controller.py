@@ -295,3 +295,28 @@ def test_out_of_range_relists(ha, fake_sync: FakeSync) -> None:
     fake_sync.down = False
     wait_for(lambda: actions(ha, PENDING), what="action after re-list")
     assert ha.controller.snapshots_taken >= 2
+
+
+def test_work_arriving_while_the_lease_is_unproven_is_held_then_done(ha, fake_sync: FakeSync) -> None:
+    """A late lease renewal makes the controller unsure it still holds the lease: it must act on nothing then,
+    and lose nothing either (a host death seen meanwhile still gets its actions once the lease is proven)."""
+    fake_sync.add_pool("cs", "xs71", ha=False)
+    host = fake_sync.add_host("cs", "h1")
+    names = ["i-1-1-VM", "i-1-2-VM"]
+    for name in names:
+        decide(ha, "cs", name, ha_enabled=True)
+        fake_sync.add_vm("cs", name, running_on=host)
+    wait_for(lambda: all(managed(ha, "cs", n).present_on_hypervisor for n in names), what="VMs bound")
+    ha.controller.wait_processed()
+
+    proven = threading.Event()
+    ha.controller.is_active_replica = proven.is_set
+    fake_sync.set_host_live(host, False)
+    wait_for(lambda: ha.controller._queue.empty(), what="the host's death taken off the queue")
+    assert not ha.controller.wait_processed(timeout=0.5), "work is held while the lease is unproven"
+    assert actions(ha) == []
+
+    proven.set()
+    found = wait_for(lambda: len(actions(ha)) >= 2 and actions(ha), what="two RESTART_VM once the lease is proven")
+    assert sorted(a.instance_name for a in found) == names
+    assert {a.cause for a in found} == {ha_service_pb2.RESTART_CAUSE_HOST_DEAD}

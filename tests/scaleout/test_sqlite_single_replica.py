@@ -18,7 +18,7 @@ def test_sqlite_second_replica_refused(tmp_path: Path) -> None:
     try:
         second = subprocess.run(
             [sys.executable, "-m", "sync_service", "--listen-address", "127.0.0.1:0", "--database-url", db_url,
-             "--metrics-address", "", "--auth-disabled", "--credentials-key", key],
+             "--metrics-address", "", "--auth-disabled", f"--credentials-key={key}"],  # a key may begin with "-"
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert second.returncode == 2

@@ -55,6 +55,7 @@ FIGURES: dict[int, tuple[str, FigureRunner]] = {
 SIZE_NAMES = (
     "ingest_vms",
     "ingest_start_rate",
+    "ingest_window_ms",
     "latency_vms",
     "latency_rate",
     "initial_sync_vms",

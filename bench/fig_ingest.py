@@ -188,7 +188,7 @@ class IngestRig:
         for n in range(1, PROBES + 1):
             ref = self.control.xapi("VM.get_by_name_label", f"{POOL}-vm-{n}")[0]
             self.probes.append(Probe(ref, self.control.xapi("VM.get_uuid", ref)))
-        self.window = 2.0 if options.quick else 4.0
+        self.window = options.size("ingest_window_ms", 4000, 2000) / 1000  # one trial's length
         self.trial_no = 0
         self.last_sent: list[tuple[int, str, float]] = []
 

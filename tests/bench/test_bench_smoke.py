@@ -16,6 +16,7 @@ from bench.common import BenchOptions, percentile, summary
 TINY = {
     "ingest_vms": 200,
     "ingest_start_rate": 100,
+    "ingest_window_ms": 500,
     "latency_vms": 200,
     "latency_rate": 100,
     "initial_sync_vms": 200,

@@ -89,6 +89,9 @@ class RunConfig:
     db_cut_seconds: float = 2.5
     stall_seconds: float = 2.0
     converge_timeout: float = 60.0
+    # Both services' lease period (sync_service's pool leases, ha_service's controller lease): twice a database
+    # cut, so a cut never costs a lease, yet a killed service's successor takes over in seconds (default 10 s).
+    lease_seconds: float = 6.0
     max_minutes: float = 0.0  # soak: keep going until this much time passed (0: exactly `rounds`)
 
 
@@ -678,7 +681,13 @@ def run_fault_rounds(directory: Path, config: RunConfig, log: Callable[[str], No
     """Runs the whole fault run in `directory` (logs under logs/); never raises for a violation: see the summary."""
     started = time.monotonic()
     database = DatabaseTarget.choose(directory)
-    stack = ChildStack(directory, scenario(config.vms_per_pool), database)
+    stack = ChildStack(
+        directory,
+        scenario(config.vms_per_pool),
+        database,
+        sync_args=("--lease-period-seconds", str(config.lease_seconds)),
+        ha_args=("--controller-lease-seconds", str(config.lease_seconds)),
+    )
     run: FaultRun | None = None
     try:
         stack.start_sync()

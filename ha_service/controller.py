@@ -48,6 +48,7 @@ from ha_service.store.models import (
     CONTROLLER_NAME,
     EVENT_FLOOR_COUNTER,
     EVENT_REVISION_COUNTER,
+    ClusterPinRow,
     ClusterStateRow,
     ControllerStateRow,
     CounterRow,
@@ -470,8 +471,7 @@ class Controller:
         else:
             # Resuming: the watch from the persisted revision replays what happened meanwhile.
             pass
-        for cluster_id in self.pools:
-            self._check_fencing(cluster_id)
+        self._check_fencing_all()
 
     def _on_change(self, change: sync_service_pb2.Change) -> None:
         """A host or pool change (VM changes go to _on_vm_items)."""
@@ -988,8 +988,7 @@ class Controller:
         ]
         units += [unit for cluster_id, name in unbound if (unit := self._decision_unit(cluster_id, name)) is not None]
         self._run_all(units)
-        for cluster_id in list(self.pools):
-            self._check_fencing(cluster_id)
+        self._check_fencing_all()
         self._prune()
 
     def _check_fencing(self, cluster_id: str) -> None:
@@ -999,17 +998,45 @@ class Controller:
             return
         self._run(lambda session: self._check_fencing_in(session, cluster_id, pool))
 
-    def _check_fencing_in(self, session: Session, cluster_id: str, pool: sync_service_pb2.Pool) -> _Work:
-        settings, overrides, _ = load_settings(session)
-        pin = load_pins(session).get(cluster_id)
-        override = overrides.get(cluster_id)
+    def _check_fencing_all(self) -> None:
+        """Every synced pool's fencing check, from one read; only a pool whose fencing state changes takes a write
+        transaction (which checks again), so an idle tick writes nothing however many pools there are."""
+        synced = {cluster_id: pool for cluster_id, pool in self.pools.items() if cv.pool_synced(pool)}
+        if not synced:
+            return
+        with self.sessions() as session:
+            settings, overrides, _ = load_settings(session)
+            pins = load_pins(session)
+            notified = {
+                cluster_id: bool(flag)
+                for cluster_id, flag in session.execute(
+                    select(ClusterStateRow.cluster_id, ClusterStateRow.unfenced_notified)
+                )
+            }
+            unfenced = {
+                cluster_id: self._unfenced(pool, settings, overrides.get(cluster_id), pins.get(cluster_id))
+                for cluster_id, pool in synced.items()
+            }
+        for cluster_id, pool in synced.items():
+            if unfenced[cluster_id] != notified.get(cluster_id, False):
+                self._run(partial(self._check_fencing_in, cluster_id=cluster_id, pool=pool))
+
+    @staticmethod
+    def _unfenced(
+        pool: sync_service_pb2.Pool, settings: HaSettings, override: bool | None, pin: ClusterPinRow | None
+    ) -> bool:
+        """A NATIVE cluster whose pool HA is off: nothing fences its hosts."""
         resolution = effective_mode(
             native_ha_supported(cv.version_facts(pool.version)),
             dm.HaMode(pin.mode) if pin is not None else None,
             None if override is None else (dm.HaMode.NATIVE if override else dm.HaMode.CLOUDSTACK),
             settings.native_ha_enabled,
         )
-        unfenced = resolution.mode is dm.HaMode.NATIVE and not pool.ha.ha_enabled
+        return resolution.mode is dm.HaMode.NATIVE and not pool.ha.ha_enabled
+
+    def _check_fencing_in(self, session: Session, cluster_id: str, pool: sync_service_pb2.Pool) -> _Work:
+        settings, overrides, _ = load_settings(session)
+        unfenced = self._unfenced(pool, settings, overrides.get(cluster_id), load_pins(session).get(cluster_id))
         state = session.get(ClusterStateRow, cluster_id)
         notified = state is not None and state.unfenced_notified
         work = _Work()

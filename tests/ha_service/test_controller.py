@@ -9,6 +9,7 @@ import pytest
 
 from ha_service.testing import ManualClock, RunningHaService, running_ha_service, wait_for
 from tests.ha_service.fake_sync import FakeSync
+from tests.ha_service.test_controller_batching import TransactionCounter
 from tests.ha_service.test_settings_decisions import decide, set_global
 from xsha_api.v1 import common_pb2, ha_service_pb2
 
@@ -250,6 +251,34 @@ def test_pool_unfenced_notified_once(ha, fake_sync: FakeSync) -> None:
     ha.controller.tick_now()
     ha.controller.wait_processed()
     assert len(watcher.notifications(kind)) == 1
+    watcher.close()
+
+
+def test_an_idle_tick_writes_nothing_however_many_pools(
+    ha, fake_sync: FakeSync, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fencing check reads every pool at once and writes only for a pool whose state changes; it is the same
+    check (the unfenced pool is still told once, and told again after being fenced and unfenced)."""
+    set_global(ha, True)
+    for n in range(5):
+        fake_sync.add_pool(f"fenced-{n}", "ch82", ha=True)
+    fake_sync.add_pool("unf", "ch82", ha=False)
+    watcher = Watcher(ha)
+    kind = ha_service_pb2.HA_NOTIFICATION_KIND_POOL_UNFENCED
+    wait_for(lambda: watcher.notifications(kind), what="POOL_UNFENCED")
+    ha.controller.tick_now()
+    assert ha.controller.wait_processed()
+
+    writes = TransactionCounter(monkeypatch)
+    for _ in range(3):
+        ha.controller.tick_now()
+        assert ha.controller.wait_processed()
+    assert writes.count == 0
+
+    fake_sync.set_pool_ha("unf", ha_enabled=True)
+    fake_sync.set_pool_ha("unf", ha_enabled=False)
+    wait_for(lambda: len(watcher.notifications(kind)) == 2, what="POOL_UNFENCED again after a fenced spell")
+    assert [n.cluster_id for n in watcher.notifications(kind)] == ["unf", "unf"]
     watcher.close()
 
 

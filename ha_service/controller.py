@@ -23,8 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from ha_service import converters as cv
 from ha_service.domain import model as dm
@@ -69,6 +70,10 @@ _UNITS_PER_TRANSACTION = 100
 _BACKLOG_LIMIT = 1000
 # How often a worker holding work rechecks a lease it cannot prove it holds.
 _INACTIVE_RECHECK_SECONDS = 0.05
+# How far back a tick looks for acknowledged actions of down VMs (an ack may allow a follow-up action: RECREATE
+# after a RESTART that did not bring the VM back) and for agent reports (a reconnect ends an outage). Generous, so
+# a late commit or another replica's clock skew cannot hide one; an acked VM stays selected only while it is down.
+_RECENT_SECONDS = 60.0
 # Session.info keys of per-transaction reads.
 _SETTINGS_KEY = "ha_controller_settings"
 _MIGRATING_KEY = "ha_controller_migrating"
@@ -96,6 +101,9 @@ class ControllerConfig:
     reconnect_max_backoff: float = 5.0
     event_retention: int = 100_000  # HA events kept (pending actions are always kept)
     revision_persist_interval: float = 0.5
+    # How often a tick looks at every down VM again rather than only those a time rule or an ack may have changed:
+    # the level-triggered safety net under the narrower per-tick selection.
+    full_resync_interval: float = 30.0
 
 
 @dataclass
@@ -179,6 +187,7 @@ class Controller:
         self._persisted_revision = 0
         self._last_persist = 0.0
         self._fenced_out = False
+        self._next_full_resync = float("-inf")
         self.connected = threading.Event()
         self.snapshots_taken = 0
 
@@ -930,15 +939,9 @@ class Controller:
 
     def _tick(self) -> None:
         now = self.clock()
+        full_resync = now >= self._next_full_resync
         with self.sessions() as session:
-            timed = list(
-                session.execute(
-                    select(ManagedVmRow.id).where(
-                        ManagedVmRow.ever_present.is_(True),
-                        or_(ManagedVmRow.down_since.is_not(None), ManagedVmRow.agent_status == "Disconnected"),
-                    )
-                ).scalars()
-            )
+            timed = self._down_vms_due(session, now, full_resync)
             retries = list(
                 session.execute(
                     select(ManagedVmRow.id).where(
@@ -955,8 +958,8 @@ class Controller:
                 session.execute(
                     select(ManagedVmRow.id).where(
                         ManagedVmRow.present.is_(True),
-                        ManagedVmRow.config_confirmed.is_(False),
                         ManagedVmRow.protection_state == "NOT_APPLICABLE",
+                        ManagedVmRow.config_confirmed.is_(False),
                         or_(
                             ManagedVmRow.next_protection_attempt.is_(None),
                             ManagedVmRow.next_protection_attempt <= now,
@@ -988,8 +991,65 @@ class Controller:
         ]
         units += [unit for cluster_id, name in unbound if (unit := self._decision_unit(cluster_id, name)) is not None]
         self._run_all(units)
+        if full_resync:
+            self._next_full_resync = now + self.config.full_resync_interval
         self._check_fencing_all()
         self._prune()
+
+    def _down_vms_due(self, session: Session, now: float, full_resync: bool) -> list[int]:
+        """The down VMs (and VMs with a Disconnected agent) a tick reconciles again.
+
+        Every change of the mirror reconciles its VM at once; what a tick adds is what time, an agent report or an
+        ack can change. So between full resyncs only these: a VM a host death took down whose HA_RESTART_OVERDUE
+        grace has run out; a system VM whose agent has been Disconnected beyond its grace; a VM whose agent was
+        reported lately (either way); and a down VM one of whose actions was acknowledged lately (a follow-up may be
+        due). A full resync takes every down VM, as a level-triggered controller should. Each query is served by an
+        index, so a tick costs what it selects, not the table.
+        """
+        conditions: list[ColumnElement[bool]]
+        if full_resync:
+            conditions = [ManagedVmRow.down_since.is_not(None), ManagedVmRow.agent_status == "Disconnected"]
+        else:
+            settings = self._settings(session)
+            conditions = [
+                and_(
+                    ManagedVmRow.down_since <= now - settings.restart_overdue_grace,
+                    ManagedVmRow.host_failed.is_(True),
+                    ManagedVmRow.overdue_notified.is_(False),
+                ),
+                and_(
+                    ManagedVmRow.agent_status == "Disconnected",
+                    ManagedVmRow.agent_status_time <= now - settings.agent_disconnected_grace,
+                ),
+                # Every status named, so the (agent_status, agent_status_time) index serves it.
+                and_(
+                    ManagedVmRow.agent_status.in_([str(status) for status in dm.AgentStatus]),
+                    ManagedVmRow.agent_status_time >= now - _RECENT_SECONDS,
+                ),
+            ]
+        ids: list[int] = []
+        for condition in conditions:
+            ids += session.execute(
+                select(ManagedVmRow.id).where(ManagedVmRow.ever_present.is_(True), condition)
+            ).scalars()
+        if not full_resync:
+            ids += session.execute(
+                select(ManagedVmRow.id)
+                .join(
+                    HaEventRow,
+                    and_(
+                        HaEventRow.cluster_id == ManagedVmRow.cluster_id,
+                        HaEventRow.instance_name == ManagedVmRow.instance_name,
+                    ),
+                )
+                .where(
+                    # Only actions are acknowledged; the ack_time index serves this.
+                    HaEventRow.ack_time >= now - _RECENT_SECONDS,
+                    ManagedVmRow.ever_present.is_(True),
+                    or_(ManagedVmRow.down_since.is_not(None), ManagedVmRow.agent_status == "Disconnected"),
+                )
+            ).scalars()
+        return ids
 
     def _check_fencing(self, cluster_id: str) -> None:
         """POOL_UNFENCED once when a NATIVE cluster's pool HA is off; re-armed when it is fenced again."""

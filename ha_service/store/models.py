@@ -88,6 +88,10 @@ class ManagedVmRow(Base):
         UniqueConstraint("cluster_id", "instance_name"),
         Index("ix_ha_managed_vms_vm_uuid", "vm_uuid"),
         Index("ix_ha_managed_vms_cluster_id_protection_state", "cluster_id", "protection_state"),
+        # The controller's tick finds the few rows it must look at again through these, not by reading every row.
+        Index("ix_ha_managed_vms_down_since", "down_since"),
+        Index("ix_ha_managed_vms_agent_status", "agent_status", "agent_status_time"),
+        Index("ix_ha_managed_vms_present_protection", "present", "protection_state", "config_confirmed"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
@@ -165,6 +169,7 @@ class HaEventRow(Base):
         UniqueConstraint("pending_key"),
         Index("ix_ha_events_cluster_id_revision", "cluster_id", "revision"),
         Index("ix_ha_events_category_state", "category", "action_state"),
+        Index("ix_ha_events_ack_time", "ack_time"),
     )
 
     revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)

@@ -7,6 +7,7 @@ import threading
 import grpc
 import pytest
 
+from ha_service.store.models import ManagedVmRow
 from ha_service.testing import ManualClock, RunningHaService, running_ha_service, wait_for
 from tests.ha_service.fake_sync import FakeSync
 from tests.ha_service.test_controller_batching import TransactionCounter
@@ -349,3 +350,91 @@ def test_work_arriving_while_the_lease_is_unproven_is_held_then_done(ha, fake_sy
     found = wait_for(lambda: len(actions(ha)) >= 2 and actions(ha), what="two RESTART_VM once the lease is proven")
     assert sorted(a.instance_name for a in found) == names
     assert {a.cause for a in found} == {ha_service_pb2.RESTART_CAUSE_HOST_DEAD}
+
+
+def test_an_acknowledged_action_lets_the_next_tick_issue_the_follow_up(
+    ha, fake_sync: FakeSync, clock: ManualClock
+) -> None:
+    """A console proxy halts (RESTART_SYSTEM_VM) and, while that action is pending, disappears: nothing more is
+    asked then. Once CloudStack acknowledges the restart as failed, the next tick (a narrow one, well inside the
+    full-resync interval) asks for RECREATE_SYSTEM_VM; only the ack can have made it due."""
+    fake_sync.add_pool("c", "ch82", ha=True)
+    h1 = fake_sync.add_host("c", "h1")
+    decide(ha, "c", "v-1-VM", vm_type=common_pb2.VM_TYPE_CONSOLE_PROXY, ha_enabled=False)
+    cpvm = fake_sync.add_vm("c", "v-1-VM", running_on=h1)
+    wait_for(lambda: managed(ha, "c", "v-1-VM").present_on_hypervisor)
+    ha.controller.tick_now()  # the first tick is a full resync; the ones below are not
+    ha.controller.wait_processed()
+    fake_sync.set_vm(cpvm, running_on="")
+    restart = wait_for(lambda: actions(ha, PENDING), what="RESTART_SYSTEM_VM")
+    assert [a.kind for a in restart] == [ha_service_pb2.HA_ACTION_KIND_RESTART_SYSTEM_VM]
+    fake_sync.remove_vm(cpvm)
+    ha.controller.wait_processed()
+    clock.advance(1)
+    ha.controller.tick_now()
+    ha.controller.wait_processed()
+    assert [a.kind for a in actions(ha)] == [ha_service_pb2.HA_ACTION_KIND_RESTART_SYSTEM_VM]
+
+    ha.stub().AckHaAction(
+        ha_service_pb2.AckHaActionRequest(action_id=restart[0].action_id, outcome=ha_service_pb2.HA_ACTION_STATE_FAILED)
+    )
+    clock.advance(1)
+    ha.controller.tick_now()
+    recreate = wait_for(lambda: actions(ha, PENDING), what="RECREATE_SYSTEM_VM after the ack")
+    assert [(a.instance_name, a.kind) for a in recreate] == [
+        ("v-1-VM", ha_service_pb2.HA_ACTION_KIND_RECREATE_SYSTEM_VM)
+    ]
+
+
+def test_a_tick_selects_only_the_down_vms_time_or_an_ack_may_change(
+    ha, fake_sync: FakeSync, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between full resyncs a tick reconciles only the down VMs a time rule, an agent report or an ack can change;
+    a full resync (every `full_resync_interval`) reconciles every down VM."""
+    fake_sync.add_pool("cs", "xs71", ha=False)
+    h1 = fake_sync.add_host("cs", "h1")
+    names = ["i-1-1-VM", "i-1-2-VM", "i-1-3-VM"]
+    for name in names:
+        decide(ha, "cs", name, ha_enabled=True)
+    vms = [fake_sync.add_vm("cs", name, running_on=h1) for name in names]
+    wait_for(lambda: all(managed(ha, "cs", n).present_on_hypervisor for n in names), what="VMs bound")
+    for vm in vms:
+        fake_sync.set_vm(vm, running_on="")  # halted: a RESTART_VM each, then nothing time-dependent
+    pending = wait_for(lambda: len(actions(ha, PENDING)) == 3 and actions(ha, PENDING), what="three RESTART_VM")
+    ha.controller.tick_now()
+    ha.controller.wait_processed()
+
+    reconciled: list[int] = []
+    original = ha.controller._reconcile_again
+
+    def spy(session, row_id):  # type: ignore[no-untyped-def]
+        reconciled.append(row_id)
+        return original(session, row_id)
+
+    monkeypatch.setattr(ha.controller, "_reconcile_again", spy)
+
+    def one_tick(advance: float = 1) -> set[str]:
+        # A background tick between the clear and ours selects for the same clock, so it adds nothing ours lacks.
+        reconciled.clear()
+        clock.advance(advance)
+        ha.controller.tick_now()
+        assert ha.controller.wait_processed()
+        return {managed_name(ha, row_id) for row_id in reconciled}
+
+    assert one_tick() == set()
+    first = next(a for a in pending if a.instance_name == "i-1-2-VM")
+    ha.stub().AckHaAction(
+        ha_service_pb2.AckHaActionRequest(action_id=first.action_id, outcome=ha_service_pb2.HA_ACTION_STATE_FAILED)
+    )
+    assert one_tick() == {"i-1-2-VM"}
+    assert one_tick(ha.controller.config.full_resync_interval) == set(names)
+    assert one_tick() == {"i-1-2-VM"}
+    assert one_tick(61) == set(names)  # the clock passed the resync interval again
+    assert one_tick() == set()  # the ack is no longer recent
+
+
+def managed_name(ha: RunningHaService, row_id: int) -> str:
+    with ha.controller.sessions() as session:
+        row = session.get(ManagedVmRow, row_id)
+        assert row is not None
+        return row.instance_name

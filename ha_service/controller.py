@@ -22,8 +22,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Final
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, bindparam, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -77,6 +78,23 @@ _RECENT_SECONDS = 60.0
 # Session.info keys of per-transaction reads.
 _SETTINGS_KEY = "ha_controller_settings"
 _MIGRATING_KEY = "ha_controller_migrating"
+
+
+# The statements a reconcile runs per VM, built once: under a burst (a host's VMs restarted) building them again for
+# every VM (operator overloading, coercion) was a tenth of the worker's time.
+_ROW_BY_ID: Final = select(ManagedVmRow).where(ManagedVmRow.id == bindparam("row_id")).with_for_update()
+_ROW_BY_UUID: Final = select(ManagedVmRow).where(ManagedVmRow.vm_uuid == bindparam("vm_uuid")).with_for_update()
+_ROW_BY_NAME: Final = (
+    select(ManagedVmRow)
+    .where(ManagedVmRow.cluster_id == bindparam("cluster_id"), ManagedVmRow.instance_name == bindparam("name"))
+    .with_for_update()
+)
+_PENDING_KINDS: Final = select(HaEventRow.kind).where(
+    HaEventRow.category == ACTION,
+    HaEventRow.action_state == PENDING,
+    HaEventRow.cluster_id == bindparam("cluster_id"),
+    HaEventRow.instance_name == bindparam("name"),
+)
 
 
 class _UnitFailedError(Exception):
@@ -606,14 +624,10 @@ class Controller:
         self.bus.publish(events[-1].revision)
 
     def _observe_in(self, session: Session, vm: sync_service_pb2.Vm, removed: bool) -> _Work:
-        row = session.execute(
-            select(ManagedVmRow).where(ManagedVmRow.vm_uuid == vm.uuid).with_for_update()
-        ).scalar_one_or_none()
+        row = session.execute(_ROW_BY_UUID, {"vm_uuid": vm.uuid}).scalar_one_or_none()
         if row is None and not removed:
             candidate = session.execute(
-                select(ManagedVmRow)
-                .where(ManagedVmRow.cluster_id == vm.cluster_id, ManagedVmRow.instance_name == vm.name)
-                .with_for_update()
+                _ROW_BY_NAME, {"cluster_id": vm.cluster_id, "name": vm.name}
             ).scalar_one_or_none()
             # Bind by name a VM decided before it existed, or re-bind one whose old VM is gone.
             if candidate is not None and (candidate.vm_uuid is None or not candidate.present):
@@ -662,7 +676,7 @@ class Controller:
             row.protection_state = "PENDING"
 
     def _reconcile_again(self, session: Session, row_id: int) -> _Work:
-        row = session.execute(select(ManagedVmRow).where(ManagedVmRow.id == row_id).with_for_update()).scalar_one()
+        row = session.execute(_ROW_BY_ID, {"row_id": row_id}).scalar_one()
         now = self.clock()
         return self._reconcile(session, row, self._last_observation(row, now), now)
 
@@ -735,12 +749,7 @@ class Controller:
         pending = [
             dm.PendingAction(dm.ActionKind(kind), dm.ActionCause.HALTED)
             for kind in session.execute(
-                select(HaEventRow.kind).where(
-                    HaEventRow.category == ACTION,
-                    HaEventRow.action_state == PENDING,
-                    HaEventRow.cluster_id == row.cluster_id,
-                    HaEventRow.instance_name == row.instance_name,
-                )
+                _PENDING_KINDS, {"cluster_id": row.cluster_id, "name": row.instance_name}
             ).scalars()
         ]
         agent = (
@@ -886,9 +895,7 @@ class Controller:
         self._run(lambda session: self._after_write(session, apply, vm))
 
     def _after_write(self, session: Session, apply: _Apply, vm: sync_service_pb2.Vm) -> _Work:
-        row = session.execute(
-            select(ManagedVmRow).where(ManagedVmRow.id == apply.row_id).with_for_update()
-        ).scalar_one_or_none()
+        row = session.execute(_ROW_BY_ID, {"row_id": apply.row_id}).scalar_one_or_none()
         work = _Work()
         if row is None or row.vm_uuid != apply.vm_uuid:
             return work
@@ -904,9 +911,7 @@ class Controller:
         return work
 
     def _after_refusal(self, session: Session, apply: _Apply, refusal: XapiRefusedError) -> _Work:
-        row = session.execute(
-            select(ManagedVmRow).where(ManagedVmRow.id == apply.row_id).with_for_update()
-        ).scalar_one_or_none()
+        row = session.execute(_ROW_BY_ID, {"row_id": apply.row_id}).scalar_one_or_none()
         work = _Work()
         if row is None or row.vm_uuid != apply.vm_uuid:
             return work

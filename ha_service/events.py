@@ -13,9 +13,9 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ha_service import converters as cv
@@ -78,22 +78,33 @@ class EventBus:
                 self._condition.wait(timeout)
 
 
+# Built once: these run for every event-producing reconcile.
+# (An UPDATE's bind names must differ from its columns' names.)
+_COUNTER_VALUE: Final = select(CounterRow.value).where(CounterRow.name == bindparam("counter"))
+_COUNTER_ADD: Final = (
+    update(CounterRow)
+    .where(CounterRow.name == bindparam("counter"))
+    .values(value=CounterRow.value + bindparam("amount"))
+)
+_PENDING_KEYS: Final = select(HaEventRow.pending_key).where(
+    HaEventRow.pending_key.in_(bindparam("keys", expanding=True))
+)
+
+
 def counter_value(session: Session, name: str) -> int:
-    return int(session.execute(select(CounterRow.value).where(CounterRow.name == name)).scalar_one())
+    return int(session.execute(_COUNTER_VALUE, {"counter": name}).scalar_one())
 
 
 def allocate_revisions(session: Session, count: int) -> int:
     """The first of `count` new revisions; holds the counter row lock until the transaction ends."""
-    session.execute(
-        update(CounterRow).where(CounterRow.name == EVENT_REVISION_COUNTER).values(value=CounterRow.value + count)
-    )
+    session.execute(_COUNTER_ADD, {"counter": EVENT_REVISION_COUNTER, "amount": count})
     return counter_value(session, EVENT_REVISION_COUNTER) - count + 1
 
 
 def pending_action_keys(session: Session, keys: Sequence[str]) -> set[str]:
     if not keys:
         return set()
-    rows = session.execute(select(HaEventRow.pending_key).where(HaEventRow.pending_key.in_(list(keys)))).scalars()
+    rows = session.execute(_PENDING_KEYS, {"keys": list(keys)}).scalars()
     return {key for key in rows if key is not None}
 
 

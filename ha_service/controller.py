@@ -19,12 +19,12 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Final
 
-from sqlalchemy import and_, bindparam, delete, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, or_, select, union_all, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -40,7 +40,6 @@ from ha_service.events import (
     NewAction,
     NewNotification,
     append_events,
-    counter_value,
 )
 from ha_service.handlers import load_pins, load_settings
 from ha_service.metrics import HaMetrics
@@ -131,6 +130,16 @@ class _Snapshot:
     vms: list[sync_service_pb2.Vm]
     revision: int
     process: bool
+
+
+@dataclass(frozen=True)
+class _FencingReads:
+    """What the fencing check of every pool reads, at once."""
+
+    settings: HaSettings
+    overrides: Mapping[str, bool]
+    pins: Mapping[str, ClusterPinRow]
+    notified: Mapping[str, bool]
 
 
 @dataclass
@@ -943,80 +952,53 @@ class Controller:
     # --- periodic tick ----------------------------------------------------------------------------------------
 
     def _tick(self) -> None:
+        """The time rules, the retries and the periodic checks, from one read of a few statements: under load every
+        statement costs the worker a wait for the GIL, whatever the statement, so a tick reads what it needs at
+        once rather than check by check."""
         now = self.clock()
         full_resync = now >= self._next_full_resync
+        synced = self._synced_pools()
         with self.sessions() as session:
-            timed = self._down_vms_due(session, now, full_resync)
-            retries = list(
-                session.execute(
-                    select(ManagedVmRow.id).where(
-                        ManagedVmRow.present.is_(True),
-                        ManagedVmRow.protection_state.in_(("UNPROTECTED", "PENDING")),
-                        or_(
-                            ManagedVmRow.next_protection_attempt.is_(None),
-                            ManagedVmRow.next_protection_attempt <= now,
-                        ),
+            settings, overrides, _ = load_settings(session)
+            row_ids = list(session.execute(union_all(*self._tick_selections(now, full_resync, settings))).scalars())
+            unbound = self._unbound_decisions(session)
+            fencing = self._fencing_reads(session, settings, overrides) if synced else None
+            counters = {
+                row.name: int(row.value)
+                for row in session.execute(
+                    select(CounterRow.name, CounterRow.value).where(
+                        CounterRow.name.in_((EVENT_REVISION_COUNTER, EVENT_FLOOR_COUNTER))
                     )
-                ).scalars()
-            )
-            retries += list(
-                session.execute(
-                    select(ManagedVmRow.id).where(
-                        ManagedVmRow.present.is_(True),
-                        ManagedVmRow.protection_state == "NOT_APPLICABLE",
-                        ManagedVmRow.config_confirmed.is_(False),
-                        or_(
-                            ManagedVmRow.next_protection_attempt.is_(None),
-                            ManagedVmRow.next_protection_attempt <= now,
-                        ),
-                    )
-                ).scalars()
-            )
-            # Decisions not yet bound to a VM, among the names the mirror has (only those can bind, see
-            # _decision_unit): looked up by name rather than scanning every unbound decision, whose number grows with
-            # deployments that never produced a VM and made each tick slower.
-            names_by_cluster: dict[str, list[str]] = {}
-            for cluster_id, name in self.vm_by_name:
-                names_by_cluster.setdefault(cluster_id, []).append(name)
-            unbound: list[tuple[str, str]] = []
-            for cluster_id, names in names_by_cluster.items():
-                for start in range(0, len(names), _NAME_CHUNK):
-                    unbound.extend(
-                        (row.cluster_id, row.instance_name)
-                        for row in session.execute(
-                            select(ManagedVmRow.cluster_id, ManagedVmRow.instance_name).where(
-                                ManagedVmRow.cluster_id == cluster_id,
-                                ManagedVmRow.instance_name.in_(names[start : start + _NAME_CHUNK]),
-                                ManagedVmRow.ever_present.is_(False),
-                            )
-                        )
-                    )
+                )
+            }
         units: list[Callable[[Session], _Work]] = [
-            partial(self._reconcile_again, row_id=row_id) for row_id in dict.fromkeys(timed + retries)
+            partial(self._reconcile_again, row_id=row_id) for row_id in dict.fromkeys(row_ids)
         ]
         units += [unit for cluster_id, name in unbound if (unit := self._decision_unit(cluster_id, name)) is not None]
         self._run_all(units)
         if full_resync:
             self._next_full_resync = now + self.config.full_resync_interval
-        self._check_fencing_all()
-        self._prune()
+        if fencing is not None:
+            self._check_fencing_all(synced, fencing)
+        self._prune(counters[EVENT_REVISION_COUNTER], counters[EVENT_FLOOR_COUNTER])
 
-    def _down_vms_due(self, session: Session, now: float, full_resync: bool) -> list[int]:
-        """The down VMs (and VMs with a Disconnected agent) a tick reconciles again.
+    def _tick_selections(self, now: float, full_resync: bool, settings: HaSettings) -> list[Select[int]]:
+        """The managed VMs a tick reconciles again (ids; a VM may be selected twice).
 
-        Every change of the mirror reconciles its VM at once; what a tick adds is what time, an agent report or an
-        ack can change. So between full resyncs only these: a VM a host death took down whose HA_RESTART_OVERDUE
-        grace has run out; a system VM whose agent has been Disconnected beyond its grace; a VM whose agent was
-        reported lately (either way); and a down VM one of whose actions was acknowledged lately (a follow-up may be
-        due). A full resync takes every down VM, as a level-triggered controller should. Each query is served by an
-        index, so a tick costs what it selects, not the table.
+        Down VMs: every change of the mirror reconciles its VM at once; what a tick adds is what time, an agent
+        report or an ack can change. So between full resyncs only these: a VM a host death took down whose
+        HA_RESTART_OVERDUE grace has run out; a system VM whose agent has been Disconnected beyond its grace; a VM
+        whose agent was reported lately (either way); and a down VM one of whose actions was acknowledged lately (a
+        follow-up may be due). A full resync takes every down VM, as a level-triggered controller should.
+        Protection: VMs whose HA config is not (yet) confirmed, when their next attempt is due.
+        Each selection is served by an index, so a tick costs what it selects, not the table.
         """
-        conditions: list[ColumnElement[bool]]
+        present = ManagedVmRow.ever_present.is_(True)
+        down: list[ColumnElement[bool]]
         if full_resync:
-            conditions = [ManagedVmRow.down_since.is_not(None), ManagedVmRow.agent_status == "Disconnected"]
+            down = [ManagedVmRow.down_since.is_not(None), ManagedVmRow.agent_status == "Disconnected"]
         else:
-            settings = self._settings(session)
-            conditions = [
+            down = [
                 and_(
                     ManagedVmRow.down_since <= now - settings.restart_overdue_grace,
                     ManagedVmRow.host_failed.is_(True),
@@ -1032,13 +1014,9 @@ class Controller:
                     ManagedVmRow.agent_status_time >= now - _RECENT_SECONDS,
                 ),
             ]
-        ids: list[int] = []
-        for condition in conditions:
-            ids += session.execute(
-                select(ManagedVmRow.id).where(ManagedVmRow.ever_present.is_(True), condition)
-            ).scalars()
+        selections = [select(ManagedVmRow.id).where(present, condition) for condition in down]
         if not full_resync:
-            ids += session.execute(
+            selections.append(
                 select(ManagedVmRow.id)
                 .join(
                     HaEventRow,
@@ -1050,11 +1028,47 @@ class Controller:
                 .where(
                     # Only actions are acknowledged; the ack_time index serves this.
                     HaEventRow.ack_time >= now - _RECENT_SECONDS,
-                    ManagedVmRow.ever_present.is_(True),
+                    present,
                     or_(ManagedVmRow.down_since.is_not(None), ManagedVmRow.agent_status == "Disconnected"),
                 )
-            ).scalars()
-        return ids
+            )
+        attempt_due = or_(ManagedVmRow.next_protection_attempt.is_(None), ManagedVmRow.next_protection_attempt <= now)
+        selections += [
+            select(ManagedVmRow.id).where(
+                ManagedVmRow.present.is_(True),
+                ManagedVmRow.protection_state.in_(("UNPROTECTED", "PENDING")),
+                attempt_due,
+            ),
+            select(ManagedVmRow.id).where(
+                ManagedVmRow.present.is_(True),
+                ManagedVmRow.protection_state == "NOT_APPLICABLE",
+                ManagedVmRow.config_confirmed.is_(False),
+                attempt_due,
+            ),
+        ]
+        return selections
+
+    def _unbound_decisions(self, session: Session) -> list[tuple[str, str]]:
+        """Decisions not yet bound to a VM, among the names the mirror has (only those can bind, see
+        _decision_unit): looked up by name rather than scanning every unbound decision, whose number grows with
+        deployments that never produced a VM and made each tick slower."""
+        names_by_cluster: dict[str, list[str]] = {}
+        for cluster_id, name in self.vm_by_name:
+            names_by_cluster.setdefault(cluster_id, []).append(name)
+        unbound: list[tuple[str, str]] = []
+        for cluster_id, names in names_by_cluster.items():
+            for start in range(0, len(names), _NAME_CHUNK):
+                unbound.extend(
+                    (row.cluster_id, row.instance_name)
+                    for row in session.execute(
+                        select(ManagedVmRow.cluster_id, ManagedVmRow.instance_name).where(
+                            ManagedVmRow.cluster_id == cluster_id,
+                            ManagedVmRow.instance_name.in_(names[start : start + _NAME_CHUNK]),
+                            ManagedVmRow.ever_present.is_(False),
+                        )
+                    )
+                )
+        return unbound
 
     def _check_fencing(self, cluster_id: str) -> None:
         """POOL_UNFENCED once when a NATIVE cluster's pool HA is off; re-armed when it is fenced again."""
@@ -1063,27 +1077,35 @@ class Controller:
             return
         self._run(lambda session: self._check_fencing_in(session, cluster_id, pool))
 
-    def _check_fencing_all(self) -> None:
+    def _synced_pools(self) -> dict[str, sync_service_pb2.Pool]:
+        return {cluster_id: pool for cluster_id, pool in self.pools.items() if cv.pool_synced(pool)}
+
+    @staticmethod
+    def _fencing_reads(session: Session, settings: HaSettings, overrides: Mapping[str, bool]) -> _FencingReads:
+        notified = {
+            cluster_id: bool(flag)
+            for cluster_id, flag in session.execute(
+                select(ClusterStateRow.cluster_id, ClusterStateRow.unfenced_notified)
+            )
+        }
+        return _FencingReads(settings, overrides, load_pins(session), notified)
+
+    def _check_fencing_all(
+        self, synced: Mapping[str, sync_service_pb2.Pool] | None = None, reads: _FencingReads | None = None
+    ) -> None:
         """Every synced pool's fencing check, from one read; only a pool whose fencing state changes takes a write
         transaction (which checks again), so an idle tick writes nothing however many pools there are."""
-        synced = {cluster_id: pool for cluster_id, pool in self.pools.items() if cv.pool_synced(pool)}
+        if synced is None:
+            synced = self._synced_pools()
         if not synced:
             return
-        with self.sessions() as session:
-            settings, overrides, _ = load_settings(session)
-            pins = load_pins(session)
-            notified = {
-                cluster_id: bool(flag)
-                for cluster_id, flag in session.execute(
-                    select(ClusterStateRow.cluster_id, ClusterStateRow.unfenced_notified)
-                )
-            }
-            unfenced = {
-                cluster_id: self._unfenced(pool, settings, overrides.get(cluster_id), pins.get(cluster_id))
-                for cluster_id, pool in synced.items()
-            }
+        if reads is None:
+            with self.sessions() as session:
+                settings, overrides, _ = load_settings(session)
+                reads = self._fencing_reads(session, settings, overrides)
         for cluster_id, pool in synced.items():
-            if unfenced[cluster_id] != notified.get(cluster_id, False):
+            unfenced = self._unfenced(pool, reads.settings, reads.overrides.get(cluster_id), reads.pins.get(cluster_id))
+            if unfenced != reads.notified.get(cluster_id, False):
                 self._run(partial(self._check_fencing_in, cluster_id=cluster_id, pool=pool))
 
     @staticmethod
@@ -1125,11 +1147,9 @@ class Controller:
             )
         return work
 
-    def _prune(self) -> None:
-        """Keeps the newest `event_retention` events (and every pending action); raises the floor."""
-        with self.sessions() as session:
-            current = counter_value(session, EVENT_REVISION_COUNTER)
-            floor = counter_value(session, EVENT_FLOOR_COUNTER)
+    def _prune(self, current: int, floor: int) -> None:
+        """Keeps the newest `event_retention` events (and every pending action); raises the floor. `current` and
+        `floor`: the revision and floor counters as the tick read them."""
         cutoff = current - self.config.event_retention
         if cutoff <= floor:
             return

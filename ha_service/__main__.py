@@ -58,7 +58,9 @@ SCHEMA = ConfigSchema(
                         "Controller lease period: with several replicas one runs the controller; a standby takes "
                         "over within about one period after it dies.", validator=in_range(0.5, 600)),
                 Setting("replica_id", str, "", "Name of this replica in the controller lease (default host:pid)."),
-                Setting("controller_tick_interval", float, 1.0, "Seconds between time-rule checks.",
+                Setting("controller_tick_interval", float, 1.0,
+                        "Seconds between time-rule checks. A check looks again at the VMs a grace period, an agent "
+                        "report or an acknowledged action may have changed; every 30 s it looks at every down VM.",
                         validator=in_range(0.05, 60)),
                 Setting("event_retention", int, 100_000, "HA events kept (pending actions are always kept).",
                         validator=in_range(100, 100_000_000)),

@@ -217,6 +217,9 @@ class Controller:
         self._next_full_resync = float("-inf")
         self.connected = threading.Event()
         self.snapshots_taken = 0
+        # Hosts a resume listing showed dead that this controller did not know dead: the replay from the persisted
+        # revision may hold their death, which the listed (already dead) cache would not show as a change.
+        self._dead_at_listing: set[str] = set()
 
     # --- lifecycle -------------------------------------------------------------------------------------------
 
@@ -479,6 +482,10 @@ class Controller:
     def _on_snapshot(self, snapshot: _Snapshot) -> None:
         self.snapshots_taken += 1
         self.pools = {p.cluster_id: p for p in snapshot.pools}
+        known_dead = {uuid for uuid, host in self.hosts.items() if not host.live}
+        newly_dead = [
+            host for host in snapshot.hosts if not host.live and not host.removed and host.uuid not in known_dead
+        ]
         for host in snapshot.hosts:
             self._cache_host(host, False)
         listed = {vm.uuid for vm in snapshot.vms}
@@ -503,10 +510,15 @@ class Controller:
                 if gone_uuid is not None
             ]
             self._run_all([partial(self._observe_in, vm=vm, removed=True) for vm in vanished])
+            # A host that died while nobody watched: its VMs that did not change since are not among the VMs
+            # observed above, so reconcile them as its death would have (idempotent for those already handled).
+            for host in newly_dead:
+                self._on_host_died(host)
             self.processed_revision = snapshot.revision
         else:
-            # Resuming: the watch from the persisted revision replays what happened meanwhile.
-            pass
+            # Resuming: the watch from the persisted revision replays what happened meanwhile, in order; a death
+            # among it must still count as one although the listing already shows the host dead (_on_change).
+            self._dead_at_listing = {host.uuid for host in newly_dead}
         self._check_fencing_all()
 
     def _on_change(self, change: sync_service_pb2.Change) -> None:
@@ -514,7 +526,9 @@ class Controller:
         removed = change.type == sync_service_pb2.CHANGE_TYPE_REMOVED
         if change.HasField("host"):
             liveness = self._cache_host(change.host, removed)
-            if liveness is False:
+            listed_dead = change.host.uuid in self._dead_at_listing
+            self._dead_at_listing.discard(change.host.uuid)
+            if liveness is False or (listed_dead and not removed and not change.host.live):
                 self._on_host_died(change.host)
         elif change.HasField("pool"):
             if removed:

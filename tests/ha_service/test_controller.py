@@ -7,7 +7,7 @@ import threading
 import grpc
 import pytest
 
-from ha_service.store.models import ManagedVmRow
+from ha_service.store.models import CONTROLLER_NAME, ControllerStateRow, ManagedVmRow
 from ha_service.testing import ManualClock, RunningHaService, running_ha_service, wait_for
 from tests.ha_service.fake_sync import FakeSync
 from tests.ha_service.test_controller_batching import TransactionCounter
@@ -310,6 +310,51 @@ def test_actions_survive_restart_and_controller_resumes(
         wait_for(lambda: actions(ha, PENDING), what="new outage action")
         assert ha.controller.snapshots_taken == 1
         watcher.close()
+
+
+def test_a_host_death_replayed_on_resume_restarts_its_vms(
+    sqlite_url: str, fake_sync: FakeSync, clock: ManualClock
+) -> None:
+    """A controller resumes from its persisted revision: the listing already shows the host dead, so the replayed
+    death is no liveness change against the listed state; it must still restart the host's VMs."""
+    fake_sync.add_pool("cs", "xs65", ha=False)
+    h1 = fake_sync.add_host("cs", "h1")
+    with running_ha_service(sqlite_url, fake_sync.server.address, clock=clock) as ha:
+        decide(ha, "cs", "i-8-1-VM")
+        fake_sync.add_vm("cs", "i-8-1-VM", running_on=h1)
+        wait_for(lambda: managed(ha, "cs", "i-8-1-VM").present_on_hypervisor)
+        wait_for(lambda: _persisted_revision(ha) >= fake_sync.revision, what="the controller's revision persisted")
+    fake_sync.set_host_live(h1, False)
+    with running_ha_service(sqlite_url, fake_sync.server.address, clock=clock) as ha:
+        found = wait_for(lambda: actions(ha, PENDING), what="RESTART_VM for the replayed host death")
+        assert [(a.instance_name, a.kind, a.cause) for a in found] == [
+            ("i-8-1-VM", ha_service_pb2.HA_ACTION_KIND_RESTART_VM, ha_service_pb2.RESTART_CAUSE_HOST_DEAD)
+        ]
+        assert ha.controller.snapshots_taken == 1
+
+
+def test_a_host_that_died_unwatched_restarts_its_vms_after_a_fresh_listing(ha, fake_sync: FakeSync) -> None:
+    """The watch lost its place (OUT_OF_RANGE) while a host died and its VMs did not change: the fresh listing
+    shows the host dead and the VMs as already observed; the death must still restart them."""
+    fake_sync.add_pool("cs", "xs65", ha=False)
+    h1 = fake_sync.add_host("cs", "h1")
+    decide(ha, "cs", "i-8-2-VM")
+    fake_sync.add_vm("cs", "i-8-2-VM", running_on=h1)
+    wait_for(lambda: managed(ha, "cs", "i-8-2-VM").present_on_hypervisor)
+    fake_sync.down = True
+    wait_for(lambda: not ha.controller.connected.is_set(), what="watch dropped")
+    fake_sync.set_host_live(h1, False)
+    fake_sync.forget_history()
+    fake_sync.down = False
+    found = wait_for(lambda: actions(ha, PENDING), what="RESTART_VM after the re-list")
+    assert [(a.instance_name, a.kind) for a in found] == [("i-8-2-VM", ha_service_pb2.HA_ACTION_KIND_RESTART_VM)]
+    assert ha.controller.snapshots_taken >= 2
+
+
+def _persisted_revision(ha: RunningHaService) -> int:
+    with ha.controller.sessions() as session:
+        state = session.get(ControllerStateRow, CONTROLLER_NAME)
+        return state.sync_revision if state is not None else 0
 
 
 def test_out_of_range_relists(ha, fake_sync: FakeSync) -> None:

@@ -40,6 +40,7 @@ from ha_service.events import (
     NewAction,
     NewNotification,
     append_events,
+    counter_values,
 )
 from ha_service.handlers import load_pins, load_settings
 from ha_service.metrics import HaMetrics
@@ -977,14 +978,7 @@ class Controller:
             row_ids = list(session.execute(union_all(*self._tick_selections(now, full_resync, settings))).scalars())
             unbound = self._unbound_decisions(session)
             fencing = self._fencing_reads(session, settings, overrides) if synced else None
-            counters = {
-                row.name: int(row.value)
-                for row in session.execute(
-                    select(CounterRow.name, CounterRow.value).where(
-                        CounterRow.name.in_((EVENT_REVISION_COUNTER, EVENT_FLOOR_COUNTER))
-                    )
-                )
-            }
+            current, floor = counter_values(session, EVENT_REVISION_COUNTER, EVENT_FLOOR_COUNTER)
         units: list[Callable[[Session], _Work]] = [
             partial(self._reconcile_again, row_id=row_id) for row_id in dict.fromkeys(row_ids)
         ]
@@ -994,7 +988,7 @@ class Controller:
             self._next_full_resync = now + self.config.full_resync_interval
         if fencing is not None:
             self._check_fencing_all(synced, fencing)
-        self._prune(counters[EVENT_REVISION_COUNTER], counters[EVENT_FLOOR_COUNTER])
+        self._prune(current, floor)
 
     def _tick_selections(self, now: float, full_resync: bool, settings: HaSettings) -> list[Select[int]]:
         """The managed VMs a tick reconciles again (ids; a VM may be selected twice).

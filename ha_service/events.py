@@ -86,6 +86,9 @@ _COUNTER_ADD: Final = (
     .where(CounterRow.name == bindparam("counter"))
     .values(value=CounterRow.value + bindparam("amount"))
 )
+_COUNTER_VALUES: Final = select(CounterRow.name, CounterRow.value).where(
+    CounterRow.name.in_(bindparam("counters", expanding=True))
+)
 _PENDING_KEYS: Final = select(HaEventRow.pending_key).where(
     HaEventRow.pending_key.in_(bindparam("keys", expanding=True))
 )
@@ -93,6 +96,12 @@ _PENDING_KEYS: Final = select(HaEventRow.pending_key).where(
 
 def counter_value(session: Session, name: str) -> int:
     return int(session.execute(_COUNTER_VALUE, {"counter": name}).scalar_one())
+
+
+def counter_values(session: Session, *names: str) -> tuple[int, ...]:
+    """Several counters, in the order named, from one statement (one snapshot)."""
+    values = {row.name: int(row.value) for row in session.execute(_COUNTER_VALUES, {"counters": list(names)})}
+    return tuple(values[name] for name in names)
 
 
 def allocate_revisions(session: Session, count: int) -> int:
@@ -248,8 +257,7 @@ def watch_events(
     next_bookmark = time.monotonic() + bookmark_interval
     while is_active():
         with sessions() as session:
-            current = counter_value(session, EVENT_REVISION_COUNTER)
-            floor = counter_value(session, EVENT_FLOOR_COUNTER)
+            current, floor = counter_values(session, EVENT_REVISION_COUNTER, EVENT_FLOOR_COUNTER)
             if last < floor:
                 raise _gone(last, floor)
             rows: list[HaEventRow] = []

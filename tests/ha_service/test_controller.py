@@ -7,10 +7,11 @@ import threading
 import grpc
 import pytest
 
-from ha_service.store.models import CONTROLLER_NAME, ControllerStateRow, ManagedVmRow
+from ha_service.store.models import ManagedVmRow
 from ha_service.testing import ManualClock, RunningHaService, running_ha_service, wait_for
 from tests.ha_service.fake_sync import FakeSync
 from tests.ha_service.test_controller_batching import TransactionCounter
+from tests.ha_service.test_controller_lease_fence import stored_revision
 from tests.ha_service.test_settings_decisions import decide, set_global
 from xsha_api.v1 import common_pb2, ha_service_pb2
 
@@ -323,7 +324,10 @@ def test_a_host_death_replayed_on_resume_restarts_its_vms(
         decide(ha, "cs", "i-8-1-VM")
         fake_sync.add_vm("cs", "i-8-1-VM", running_on=h1)
         wait_for(lambda: managed(ha, "cs", "i-8-1-VM").present_on_hypervisor)
-        wait_for(lambda: _persisted_revision(ha) >= fake_sync.revision, what="the controller's revision persisted")
+        wait_for(
+            lambda: stored_revision(ha.controller.sessions) >= fake_sync.revision,
+            what="the controller's revision persisted",
+        )
     fake_sync.set_host_live(h1, False)
     with running_ha_service(sqlite_url, fake_sync.server.address, clock=clock) as ha:
         found = wait_for(lambda: actions(ha, PENDING), what="RESTART_VM for the replayed host death")
@@ -349,12 +353,6 @@ def test_a_host_that_died_unwatched_restarts_its_vms_after_a_fresh_listing(ha, f
     found = wait_for(lambda: actions(ha, PENDING), what="RESTART_VM after the re-list")
     assert [(a.instance_name, a.kind) for a in found] == [("i-8-2-VM", ha_service_pb2.HA_ACTION_KIND_RESTART_VM)]
     assert ha.controller.snapshots_taken >= 2
-
-
-def _persisted_revision(ha: RunningHaService) -> int:
-    with ha.controller.sessions() as session:
-        state = session.get(ControllerStateRow, CONTROLLER_NAME)
-        return state.sync_revision if state is not None else 0
 
 
 def test_out_of_range_relists(ha, fake_sync: FakeSync) -> None:

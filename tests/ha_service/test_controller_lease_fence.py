@@ -12,7 +12,8 @@ from tests.ha_service.fake_sync import FakeSync
 from xsha_common.db import write_transaction
 
 
-def _stored_revision(sessions: Any) -> int:
+def stored_revision(sessions: Any) -> int:
+    """The change-stream revision the controller stored."""
     with sessions() as session:
         state = session.get(ControllerStateRow, CONTROLLER_NAME)
         assert state is not None
@@ -33,11 +34,11 @@ def test_a_deposed_controller_does_not_store_its_revision(db_url: str, fake_sync
         )
         deposed.processed_revision = 5
         deposed._persist_revision(force=True)
-        assert _stored_revision(service.sessions) == 7  # the new holder's revision stands
+        assert stored_revision(service.sessions) == 7  # the new holder's revision stands
 
         holder = Controller(
             service.sessions, service.sync, service.bus, clock=clock, metrics=service.metrics, lease_fence=("new#2", 2)
         )
         holder.processed_revision = 9
         holder._persist_revision(force=True)
-        assert _stored_revision(service.sessions) == 9
+        assert stored_revision(service.sessions) == 9

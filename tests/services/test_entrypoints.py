@@ -6,6 +6,7 @@ Each test runs `python -m <service>` as a child process on a real port, as an op
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,6 +123,18 @@ def test_a_call_without_or_with_a_wrong_token_is_unauthenticated(
                 service.call_without_error(channel, metadata)
             assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         service.call_without_error(channel, bearer_token_metadata(TOKEN))
+
+
+def test_once_serving_the_start_up_objects_are_frozen_out_of_full_collections(
+    running: tuple[ChildProcess, str],
+) -> None:
+    """Full garbage collections that walked every start-up object paused a busy service for 50-100 ms."""
+    child, _ = running
+    wait_until(lambda: "start-up objects frozen" in child.log_tail(), timeout=30, what="the freeze to be logged")
+    line = next(line for line in child.log_tail().splitlines() if "start-up objects frozen" in line)
+    count = re.search(r"objects=(\d+)", line)
+    assert count is not None, line
+    assert int(count.group(1)) > 10_000  # modules, metadata, the server: about 10^5 objects
 
 
 def test_sigterm_shuts_down_cleanly(service: ServiceUnderTest, running: tuple[ChildProcess, str]) -> None:

@@ -20,7 +20,9 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Engine,
+    Integer,
     LargeBinary,
+    Select,
     Table,
     TypeDecorator,
     and_,
@@ -452,6 +454,25 @@ _ADVANCE_REVISION: Final = (
     .values(value=_COUNTERS.c.value + bindparam("count", type_=BigInteger()))
 )
 _REVISION_NOW: Final = select(_COUNTERS.c.value).where(_COUNTERS.c.name == REVISION_COUNTER)
+_COMPACTED_NOW: Final = select(_COUNTERS.c.value).where(_COUNTERS.c.name == COMPACTED_THROUGH)
+
+
+@functools.cache
+def _changes_after(by_kind: bool, by_cluster: bool) -> Select[int, bytes]:
+    """Change-log rows above `after` up to `upper`, in revision order, at most `limit`; filtered by `kinds` and
+    `cluster_id` when asked. Built once per filter shape: every watch stream runs it each time it wakes."""
+    changes = _CHANGES_TABLE.c
+    query = (
+        select(changes.revision, changes.payload)
+        .where(changes.revision > bindparam("after"), changes.revision <= bindparam("upper"))
+        .order_by(changes.revision)
+        .limit(bindparam("limit", type_=Integer()))
+    )
+    if by_kind:
+        query = query.where(changes.kind.in_(bindparam("kinds", expanding=True)))
+    if by_cluster:
+        query = query.where(changes.cluster_id == bindparam("cluster_id"))
+    return query
 
 
 @functools.cache
@@ -1136,22 +1157,17 @@ class Repository:
 
     def read_changes(self, after: int, *, kinds: Sequence[str], cluster_id: str, limit: int) -> ChangeRead:
         """Changes above `after` in revision order. `position` is how far the log was read, matching or not."""
-        with self.sessions() as session:
+        with self.engine.connect() as connection:
             # The counter first: every revision up to it is committed (commits happen in revision order).
-            upper = self._counter(session, REVISION_COUNTER)
-            query = (
-                select(ChangeRow.revision, ChangeRow.payload)
-                .where(ChangeRow.revision > after, ChangeRow.revision <= upper)
-                .order_by(ChangeRow.revision)
-                .limit(limit)
-            )
+            upper = int(connection.execute(_REVISION_NOW).scalar_one())
+            parameters: dict[str, Any] = {"after": after, "upper": upper, "limit": limit}
             if kinds:
-                query = query.where(ChangeRow.kind.in_(list(kinds)))
+                parameters["kinds"] = list(kinds)
             if cluster_id:
-                query = query.where(ChangeRow.cluster_id == cluster_id)
-            rows = session.execute(query).all()
+                parameters["cluster_id"] = cluster_id
+            rows = connection.execute(_changes_after(bool(kinds), bool(cluster_id)), parameters).all()
             # Read after the rows: if retention deleted some of them meanwhile, this says so.
-            compacted = self._counter(session, COMPACTED_THROUGH)
+            compacted = int(connection.execute(_COMPACTED_NOW).scalar_one())
         position = int(rows[-1][0]) if len(rows) >= limit else max(after, upper)
         return ChangeRead([bytes(row[1]) for row in rows], position, compacted)
 

@@ -89,6 +89,35 @@ def test_only_real_changes_are_logged_and_tokens_follow_batches(repository: Repo
         repository.apply_batch(Batch("c1", 1, "t5", vms=[_facts("c")]))
 
 
+def test_reading_the_change_log_filters_by_kind_and_pool_and_pages_by_limit(repository: Repository) -> None:
+    start = repository.current_revision()
+    for cluster in ("c1", "c2"):
+        _register(repository, cluster)
+        repository.apply_batch(
+            Batch(cluster, 1, "t1", pool=_pool_facts(), vms=[_facts(f"{cluster}-a"), _facts(f"{cluster}-b")], full=True)
+        )
+    end = repository.current_revision()
+
+    def read(kinds: tuple[str, ...], cluster_id: str, limit: int = 1000) -> list[tuple[str, str]]:
+        changes = [
+            sync_service_pb2.Change.FromString(payload)
+            for payload in repository.read_changes(start, kinds=kinds, cluster_id=cluster_id, limit=limit).payloads
+        ]
+        return [(change.cluster_id, change.WhichOneof("object") or "") for change in changes]
+
+    everything = read((), "")
+    assert len(everything) == end - start
+    assert read(("vm",), "") == [item for item in everything if item[1] == "vm"] != []
+    assert read((), "c2") == [item for item in everything if item[0] == "c2"] != []
+    assert read(("vm", "pool"), "c1") == [item for item in everything if item[0] == "c1" and item[1] != "host"]
+    assert read(("host",), "c1") == [item for item in everything if item[0] == "c1" and item[1] == "host"]
+    # A full page stops at its last row; a short one has read the log up to the latest revision.
+    page = repository.read_changes(start, kinds=("vm",), cluster_id="", limit=2)
+    assert len(page.payloads) == 2
+    assert page.position == sync_service_pb2.Change.FromString(page.payloads[-1]).revision
+    assert repository.read_changes(start, kinds=("vm",), cluster_id="c9", limit=2).position == end
+
+
 def test_revisions_are_committed_in_order_with_concurrent_writers(repository: Repository) -> None:
     clusters = [f"c{i}" for i in range(4)]
     for cluster in clusters:

@@ -61,8 +61,13 @@ SCHEMA = ConfigSchema(
                 Setting("replica_id", str, "", "Name of this replica in the controller lease (default host:pid)."),
                 Setting("controller_tick_interval", float, 1.0,
                         "Seconds between time-rule checks. A check looks again at the VMs a grace period, an agent "
-                        "report or an acknowledged action may have changed; every 30 s it looks at every down VM.",
+                        "report or an acknowledged action may have changed; every controller_full_resync_interval "
+                        "it looks at every down VM.",
                         validator=in_range(0.05, 60)),
+                Setting("controller_full_resync_interval", float, 30.0,
+                        "Seconds between the time-rule checks that look at every down VM, not only those that may "
+                        "have changed (an agent report over a minute old is seen by these).",
+                        validator=in_range(1, 3600)),
                 Setting("event_retention", int, 100_000, "HA events kept (pending actions are always kept).",
                         validator=in_range(100, 100_000_000)),
                 Setting("migration_lease_seconds", float, 60.0,
@@ -103,7 +108,9 @@ def options_from(argv: Sequence[str] | None = None) -> tuple[HaServiceOptions, s
         server=ServerSettings.from_config(config),
         controller_enabled=config.controller_enabled,
         controller=ControllerConfig(
-            tick_interval=config.controller_tick_interval, event_retention=config.event_retention
+            tick_interval=config.controller_tick_interval,
+            full_resync_interval=config.controller_full_resync_interval,
+            event_retention=config.event_retention,
         ),
         settings_defaults=HaSettings(
             native_ha_enabled=config.default_native_ha_enabled,

@@ -34,7 +34,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Insert, Update
 
@@ -453,8 +453,7 @@ _ADVANCE_REVISION: Final = (
     .where(_COUNTERS.c.name == REVISION_COUNTER)
     .values(value=_COUNTERS.c.value + bindparam("count", type_=BigInteger()))
 )
-_REVISION_NOW: Final = select(_COUNTERS.c.value).where(_COUNTERS.c.name == REVISION_COUNTER)
-_COMPACTED_NOW: Final = select(_COUNTERS.c.value).where(_COUNTERS.c.name == COMPACTED_THROUGH)
+_COUNTER_NOW: Final = select(_COUNTERS.c.value).where(_COUNTERS.c.name == bindparam("counter"))
 
 
 @functools.cache
@@ -547,8 +546,7 @@ class Repository:
         # Core statements built once: the ORM's bulk-update path cost more than the update on every batch.
         connection = session.connection()
         connection.execute(_ADVANCE_REVISION, {"count": count})
-        last = connection.execute(_REVISION_NOW).scalar_one()
-        return int(last) - count + 1
+        return self._counter(connection, REVISION_COUNTER) - count + 1
 
     def _write_changes(
         self,
@@ -662,8 +660,8 @@ class Repository:
             return self._counter(session, COMPACTED_THROUGH)
 
     @staticmethod
-    def _counter(session: Session, name: str) -> int:
-        return int(session.execute(select(CounterRow.value).where(CounterRow.name == name)).scalar_one())
+    def _counter(executor: Session | Connection, name: str) -> int:
+        return int(executor.execute(_COUNTER_NOW, {"counter": name}).scalar_one())
 
     # ------------------------------------------------------------------------------------ registry
 
@@ -1159,7 +1157,7 @@ class Repository:
         """Changes above `after` in revision order. `position` is how far the log was read, matching or not."""
         with self.engine.connect() as connection:
             # The counter first: every revision up to it is committed (commits happen in revision order).
-            upper = int(connection.execute(_REVISION_NOW).scalar_one())
+            upper = self._counter(connection, REVISION_COUNTER)
             parameters: dict[str, Any] = {"after": after, "upper": upper, "limit": limit}
             if kinds:
                 parameters["kinds"] = list(kinds)
@@ -1167,7 +1165,7 @@ class Repository:
                 parameters["cluster_id"] = cluster_id
             rows = connection.execute(_changes_after(bool(kinds), bool(cluster_id)), parameters).all()
             # Read after the rows: if retention deleted some of them meanwhile, this says so.
-            compacted = int(connection.execute(_COMPACTED_NOW).scalar_one())
+            compacted = self._counter(connection, COMPACTED_THROUGH)
         position = int(rows[-1][0]) if len(rows) >= limit else max(after, upper)
         return ChangeRead([bytes(row[1]) for row in rows], position, compacted)
 

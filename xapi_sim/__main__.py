@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sim = Simulator.from_scenario(args.scenario).start()
     # The scenario's pools and the modules live as long as the process: a full collection walking them stopped
-    # the simulator for up to 200 ms with 20,000 VMs, which the benchmarks would measure as xsha's latency.
+    # the simulator for up to 200 ms with 20,000 VMs, which the benchmarks would measure as xsha's latency. (What
+    # xsha_common.gc_tuning does for the services, written out: the simulator imports nothing of xsha.)
     gc.collect()
     gc.freeze()
     info = sim.ready_info()

@@ -110,7 +110,10 @@ class ObjectStore:
         self.by_ref: dict[str, SimObject] = {}
         self.gen = 0
         self.last_message_gen = 0
+        # The last change of each object, oldest first; messages apart, since their token part moves on its own:
+        # in one log, a message-less pool made every event.from walk back over every object ever changed.
         self.changes: OrderedDict[str, int] = OrderedDict()
+        self.message_changes: OrderedDict[str, int] = OrderedDict()
         self.tombstones: dict[str, Tombstone] = {}
         self.token_floor = 0
         self.changes_made = 0
@@ -121,8 +124,9 @@ class ObjectStore:
         self.changes_made += 1
         if obj_cls == "message":
             self.last_message_gen = self.gen
-        self.changes[ref] = self.gen
-        self.changes.move_to_end(ref)
+        log = self.message_changes if obj_cls == "message" else self.changes
+        log[ref] = self.gen
+        log.move_to_end(ref)
         return self.gen
 
     def add(self, cls: str, ref: str, rec: dict[str, Any], notify: bool = True) -> SimObject:
@@ -171,6 +175,7 @@ class ObjectStore:
                 for ref in list(self.tombstones)[: TOMBSTONE_LIMIT // 2]:
                     del self.tombstones[ref]
                     self.changes.pop(ref, None)
+                    self.message_changes.pop(ref, None)
             self.cond.notify_all()
 
     def notify(self) -> None:
@@ -227,29 +232,35 @@ class ObjectStore:
         return events
 
     def changes_since(self, sub: Subscription, cut: tuple[int, int]) -> list[dict[str, Any]]:
+        """Events after the token's two generations, newest first."""
         db_cut, msg_cut = cut
-        low = min(db_cut, msg_cut)
+        events = self._log_since(self.changes, db_cut, sub)
+        messages = self._log_since(self.message_changes, msg_cut, sub)
+        if messages:
+            events.extend(messages)
+            events.sort(key=lambda event: int(event["id"]), reverse=True)
+        return events
+
+    def _log_since(self, log: OrderedDict[str, int], cut: int, sub: Subscription) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        changes = self.changes
-        for ref in reversed(changes):
-            gen = changes[ref]
-            if gen <= low:
+        for ref in reversed(log):
+            gen = log[ref]
+            if gen <= cut:
                 break
             obj = self.by_ref.get(ref)
             if obj is not None:
                 ev_cls = EVENT_CLASS[obj.cls]
-                if gen <= (msg_cut if obj.cls == "message" else db_cut) or not sub.matches(ev_cls, ref):
+                if not sub.matches(ev_cls, ref):
                     continue
-                op = "add" if obj.created_gen > (msg_cut if obj.cls == "message" else db_cut) else "mod"
+                op = "add" if obj.created_gen > cut else "mod"
                 events.append(_event(gen, obj.mod_time, ev_cls, op, ref, obj))
                 continue
             tomb = self.tombstones.get(ref)
             if tomb is None:
                 continue
             ev_cls = EVENT_CLASS[tomb.cls]
-            this_cut = msg_cut if tomb.cls == "message" else db_cut
             # Created and deleted inside the window: the client never knew it, so it does not appear at all.
-            if gen <= this_cut or tomb.created_gen > this_cut or not sub.matches(ev_cls, ref):
+            if tomb.created_gen > cut or not sub.matches(ev_cls, ref):
                 continue
             events.append(_event(gen, tomb.deleted_time, ev_cls, "del", ref, None))
         return events

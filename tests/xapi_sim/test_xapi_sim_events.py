@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from xapi_sim.model import ObjectStore, parse_subscription
+from xapi_sim.records import message_record, vm_record
 from xapi_sim.testing import XAPI_FAILURES, JsonRpcClient, SimControl, event_from, xmlrpc_proxy
 
 TOKEN = re.compile(r"^\d{20},\d{20}$")
@@ -144,6 +146,44 @@ def test_messages_are_events_of_class_message(sim, clients):
     events = event_from(session, ["message"], token, 1.0)["events"]
     assert [(e["class"], e["operation"], e["ref"]) for e in events] == [("message", "add", ref)]
     assert events[0]["snapshot"]["name"] == "TEST"
+
+
+def test_object_and_message_changes_are_cut_by_their_own_token_parts() -> None:
+    """A token's first part cuts object changes and its second part cuts messages, each on its own; the events come
+    newest first, a change of an object made and deleted inside the window does not appear, and a deletion does."""
+    store = ObjectStore()
+
+    def message(n: int) -> str:
+        ref = f"OpaqueRef:m{n}"
+        record = message_record(uuid_=f"m{n}", name="T", priority=3, cls="Pool", obj_uuid="p", body="")
+        store.add("message", ref, record)
+        return ref
+
+    kept = store.add("VM", "OpaqueRef:kept", vm_record(uuid_="kept", name_label="kept", power_state="Halted"))
+    gone = store.add("VM", "OpaqueRef:gone", vm_record(uuid_="gone", name_label="gone", power_state="Halted"))
+    early = message(1)
+    db_cut = store.gen  # VM changes after this point count
+    message(2)
+    msg_cut = store.gen  # messages after this point count
+    store.modify(kept, {"name_label": "renamed"})
+    late = message(3)
+    store.delete(gone)
+    brief = store.add("VM", "OpaqueRef:brief", vm_record(uuid_="brief", name_label="brief", power_state="Halted"))
+    store.delete(brief)
+    fresh = store.add("VM", "OpaqueRef:fresh", vm_record(uuid_="fresh", name_label="fresh", power_state="Halted"))
+
+    events = store.changes_since(parse_subscription(["*"]), (db_cut, msg_cut))
+    assert [(e["class"], e["operation"], e["ref"]) for e in events] == [
+        ("vm", "add", fresh.ref),
+        ("vm", "del", gone.ref),
+        ("message", "add", late),
+        ("vm", "mod", kept.ref),
+    ]
+    assert [int(e["id"]) for e in events] == sorted((int(e["id"]) for e in events), reverse=True)
+    # The message part alone behind: every message after it, and object changes only after the first part.
+    events = store.changes_since(parse_subscription(["*"]), (store.gen, 0))
+    assert [e["ref"] for e in events] == [late, "OpaqueRef:m2", early]
+    assert store.changes_since(parse_subscription(["vm"]), (store.gen, 0)) == []
 
 
 def _raw_event_from(url: str, session: str, token: str, timeout: float) -> Any:

@@ -66,6 +66,7 @@ from sync_service.store.models import (
     RequestRow,
     VmRow,
 )
+from xsha_common.bulk_write import BulkWriter
 from xsha_common.db import backend_of, is_transient_db_error, make_sessionmaker, write_transaction
 from xsha_common.group_commit import GroupCommit
 
@@ -485,6 +486,7 @@ def _pool_bookkeeping(columns: tuple[str, ...]) -> Update:
 
 
 @functools.cache
+@functools.cache  # one statement per column set, so its compiled form is cached too
 def _mysql_update_by_id(table: Table, columns: tuple[str, ...]) -> Insert:
     """Update existing rows (by id) in one multi-row statement on MySQL and MariaDB."""
     statement = mysql.insert(table)
@@ -538,6 +540,7 @@ class Repository:
         self.backend = backend_of(engine)
         self._on_write = on_write
         self._batch_writes: GroupCommit[Batch, BatchResult] = GroupCommit(self._write_group)
+        self._bulk = BulkWriter(engine.dialect)
 
     # ---------------------------------------------------------------- revisions and the change log
 
@@ -597,7 +600,7 @@ class Repository:
             revision += 1
         self._upsert(session, VmRow, vm_updates, row_ids["vm"] if row_ids is not None else None)
         self._upsert(session, HostRow, host_updates, row_ids["host"] if row_ids is not None else None)
-        session.connection().execute(_INSERT_CHANGES, log_rows)
+        self._bulk.executemany(session.connection(), _INSERT_CHANGES, log_rows)
         return revision - 1
 
     def _upsert(
@@ -637,15 +640,15 @@ class Repository:
         # One executemany per set of keys (a VM row carries xapi_ref only when the batch knows it).
         insert_rows, update_rows = _row_writes(table)
         for group in _by_keys(inserts):
-            connection.execute(insert_rows, group)
+            self._bulk.executemany(connection, insert_rows, group)
         for group in _by_keys(updates):
             if self.backend == "mysql":
                 # PyMySQL sends an UPDATE executemany as one round trip per row, but an INSERT as one multi-row
                 # statement: rows that exist (same primary key) are updated by ON DUPLICATE KEY UPDATE.
                 keys = tuple(key for key in group[0] if key != "row_id")
-                connection.execute(_mysql_update_by_id(table, keys), [_with_id(row) for row in group])
+                self._bulk.executemany(connection, _mysql_update_by_id(table, keys), [_with_id(row) for row in group])
             else:
-                connection.execute(update_rows, group)
+                self._bulk.executemany(connection, update_rows, group)
 
     def _commit_hook(self, last_revision: int) -> None:
         if last_revision:

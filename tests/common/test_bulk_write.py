@@ -123,7 +123,7 @@ def test_equal_values_in_a_column_are_processed_once() -> None:
     counted = type(compiled)(
         compiled.sql, compiled.names, compiled.positional, ((position, name, counting),), compiled.constants
     )
-    rows = [{"name": "a", "seen": when}, {"name": "b", "seen": when}, {"name": "c", "seen": None}]
+    rows: list[dict[str, Any]] = [{"name": "a", "seen": when}, {"name": "b", "seen": when}, {"name": "c", "seen": None}]
     rows.append({"name": "d", "seen": when.replace(microsecond=1)})
     parameters = counted.parameters(rows)
     assert calls == [when, when.replace(microsecond=1)]

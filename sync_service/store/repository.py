@@ -499,6 +499,10 @@ def _with_id(row: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+# The columns that find a mirror row (with the row's id): the same in every update of that row.
+_ROW_IDENTITY: Final = frozenset({"cluster_id", "uuid"})
+
+
 @functools.cache
 def _row_writes(table: Table) -> tuple[Insert, Update]:
     """A mirror table's insert and update-by-row-id (executemany with the row's values as parameters)."""
@@ -558,10 +562,12 @@ class Repository:
         now: dt.datetime,
         vm_refs: dict[str, str] | None = None,
         row_ids: dict[str, dict[str, int]] | None = None,
+        stored_vm_names: dict[str, str] | None = None,
     ) -> int:
         """Allocates revisions for `changes`, stamps the objects, writes their rows and the change log.
         Returns the last revision (0 when there is nothing). `row_ids` (kind -> uuid -> row id), when given,
-        holds every existing row of the changed objects, read in this transaction, so they need no lookup."""
+        holds every existing row of the changed objects, read in this transaction, so they need no lookup;
+        `stored_vm_names` (uuid -> name_label), the names of those VM rows."""
         if not changes:
             return 0
         first = self._allocate(session, len(changes))
@@ -598,7 +604,7 @@ class Repository:
                 }
             )
             revision += 1
-        self._upsert(session, VmRow, vm_updates, row_ids["vm"] if row_ids is not None else None)
+        self._upsert(session, VmRow, vm_updates, row_ids["vm"] if row_ids is not None else None, stored_vm_names)
         self._upsert(session, HostRow, host_updates, row_ids["host"] if row_ids is not None else None)
         self._bulk.executemany(session.connection(), _INSERT_CHANGES, log_rows)
         return revision - 1
@@ -609,9 +615,11 @@ class Repository:
         model: type[VmRow] | type[HostRow],
         rows: list[dict[str, Any]],
         known_ids: dict[str, int] | None = None,
+        stored_names: dict[str, str] | None = None,
     ) -> None:
         """Core executemany, not the ORM's bulk paths (which cost more per row than the database did).
-        `known_ids` (uuid -> row id, rows of one cluster) spares the lookup when the caller has just read them."""
+        `known_ids` (uuid -> row id, rows of one cluster) spares the lookup when the caller has just read them;
+        `stored_names` (uuid -> name_label of those rows) lets an update leave an unchanged VM name alone."""
         if not rows:
             return
         table = cast(Table, model.__table__)
@@ -631,12 +639,25 @@ class Repository:
                         existing[(cluster, uuid)] = row_id
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
+        # An UPDATE sets only what may have changed in an indexed column: SQLite rewrites the entries of every
+        # index whose columns the SET names, changed or not, and that was most of the cost of a VM row's update
+        # (about 4x, measured on 250 rows of a 20,000-row table). A row is found by its pool and uuid, so those
+        # never change; a VM's name is set only when it differs from the stored one. MySQL's path below
+        # inserts whole rows (ON DUPLICATE KEY UPDATE needs every NOT NULL column) and InnoDB skips unchanged
+        # index entries itself, as PostgreSQL does.
+        trim = self.backend != "mysql"
         for row in rows:
             row_id = existing.get((row["cluster_id"], row["uuid"]))
             if row_id is None:
                 inserts.append(row)
-            else:
+            elif not trim:
                 updates.append({**row, "row_id": row_id})
+            else:
+                values = {key: value for key, value in row.items() if key not in _ROW_IDENTITY}
+                if stored_names is not None and stored_names.get(row["uuid"]) == values.get("name_label"):
+                    del values["name_label"]
+                values["row_id"] = row_id
+                updates.append(values)
         # One executemany per set of keys (a VM row carries xapi_ref only when the batch knows it).
         insert_rows, update_rows = _row_writes(table)
         for group in _by_keys(inserts):
@@ -1066,7 +1087,8 @@ class Repository:
             "vm": {uuid: row.row_id for uuid, row in existing_vms.items()},
             "host": {uuid: row.id for uuid, row in host_rows.items()},
         }
-        last = self._write_changes(session, changes, now, ref_by_uuid, row_ids)
+        stored_names = {uuid: row.vm.facts.name for uuid, row in existing_vms.items()}
+        last = self._write_changes(session, changes, now, ref_by_uuid, row_ids, stored_names)
         if ref_updates:  # refs of unchanged VMs (rare): one executemany
             connection.execute(_UPDATE_VM_REF, ref_updates)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from dataclasses import replace
 from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import event, inspect, text
 
 from sync_service.domain import HaFacts, PoolFacts, VersionFacts, VmFacts, XapiPowerState
 from sync_service.store.models import VERSION_TABLE
@@ -87,6 +88,38 @@ def test_only_real_changes_are_logged_and_tokens_follow_batches(repository: Repo
     repository.update_pool("c1", master_url="http://127.0.0.1:2", credentials_encrypted=None, tls=None, request_id="")
     with pytest.raises(StaleWatcherError):
         repository.apply_batch(Batch("c1", 1, "t5", vms=[_facts("c")]))
+
+
+def test_a_vm_row_update_sets_an_indexed_column_only_when_it_changed(repository: Repository) -> None:
+    """Every index whose column an UPDATE names is rewritten on SQLite: an update of a VM row leaves out its pool
+    and uuid (they find the row) and its name unless renamed. The stored rows are the same either way."""
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True))
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith(("UPDATE sync_vms", "INSERT INTO sync_vms")):
+            statements.append(statement)
+
+    event.listen(repository.engine, "before_cursor_execute", record)
+    try:
+        renamed = replace(_facts("b", XapiPowerState.HALTED), name="vm-b-renamed")
+        repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED), renamed]))
+    finally:
+        event.remove(repository.engine, "before_cursor_execute", record)
+    vm_a, vm_b = repository.get_vm(uuid="a"), repository.get_vm(uuid="b")
+    assert vm_a is not None and vm_a.facts.name == "vm-a" and vm_a.facts.xapi_power_state is XapiPowerState.HALTED
+    assert vm_b is not None and vm_b.facts.name == "vm-b-renamed" and vm_b.cluster_id == "c1"
+    if repository.backend == "mysql":  # whole rows by INSERT ... ON DUPLICATE KEY UPDATE (InnoDB skips equal keys)
+        assert len(statements) == 1 and statements[0].startswith("INSERT")
+        return
+    column_sets = [
+        {part.split("=")[0].strip() for part in statement.split(" SET ", 1)[1].split(" WHERE ")[0].split(",")}
+        for statement in statements
+    ]
+    assert len(column_sets) == 2  # one executemany for each column set
+    assert all(not columns & {"cluster_id", "uuid"} and "power_state" in columns for columns in column_sets)
+    assert ["name_label" in columns for columns in column_sets].count(True) == 1
 
 
 def test_reading_the_change_log_filters_by_kind_and_pool_and_pages_by_limit(repository: Repository) -> None:

@@ -294,24 +294,39 @@ def _version_values(version: VersionFacts) -> dict[str, Any]:
 
 
 def _host_from_row(row: HostRow) -> MirrorHost:
-    return MirrorHost(
-        cluster_id=row.cluster_id,
-        pool_uuid=row.pool_uuid,
-        facts=HostFacts(
-            uuid=row.uuid,
-            name=row.name,
-            address=row.address,
-            live=row.live,
-            enabled=row.enabled,
-            is_master=row.is_master,
-            memory_total=row.memory_total,
-            memory_free=row.memory_free,
-            version=_version_from_row(row),
-        ),
-        removed=row.removed,
-        revision=row.revision,
-        update_time=row.update_time,
+    """An ORM host row (or any row with its attributes) as a MirrorHost."""
+    return _stored_host([getattr(row, column.name) for column in _STORED_HOST_COLUMNS])[1]
+
+
+def _stored_host(row: Sequence[Any]) -> tuple[int, MirrorHost]:
+    """A host row read with _STORED_HOST_COLUMNS, unpacked by position (as _stored_vm): its id and the host."""
+    (
+        row_id,
+        cluster_id,
+        pool_uuid,
+        uuid,
+        name,
+        address,
+        live,
+        enabled,
+        is_master,
+        memory_total,
+        memory_free,
+        api_version_major,
+        api_version_minor,
+        product_brand,
+        product_version,
+        platform_version,
+        build_number,
+        removed,
+        revision,
+        update_time,
+    ) = row
+    version = VersionFacts(
+        api_version_major, api_version_minor, product_brand, product_version, platform_version, build_number
     )
+    facts = HostFacts(uuid, name, address, live, enabled, is_master, memory_total, memory_free, version)
+    return row_id, MirrorHost(cluster_id, pool_uuid, facts, removed, revision, update_time)
 
 
 def _host_values(host: MirrorHost) -> dict[str, Any]:
@@ -447,7 +462,33 @@ _STORED_VM_COLUMNS: Final = tuple(
 ANALYZE_AFTER_FULL_LIST_OF: Final = 1000
 _VMS_OF_CLUSTER: Final = select(*_STORED_VM_COLUMNS).where(_VMS.c.cluster_id == bindparam("cluster_id"))
 _VMS_BY_UUID: Final = _VMS_OF_CLUSTER.where(_VMS.c.uuid.in_(bindparam("uuids", expanding=True)))
-_HOSTS_OF_CLUSTER: Final = select(_HOSTS).where(_HOSTS.c.cluster_id == bindparam("cluster_id"))
+# Host rows likewise (see _stored_host).
+_STORED_HOST_COLUMNS: Final = tuple(
+    _HOSTS.c[name]
+    for name in (
+        "id",
+        "cluster_id",
+        "pool_uuid",
+        "uuid",
+        "name",
+        "address",
+        "live",
+        "enabled",
+        "is_master",
+        "memory_total",
+        "memory_free",
+        "api_version_major",
+        "api_version_minor",
+        "product_brand",
+        "product_version",
+        "platform_version",
+        "build_number",
+        "removed",
+        "revision",
+        "update_time",
+    )
+)
+_HOSTS_OF_CLUSTER: Final = select(*_STORED_HOST_COLUMNS).where(_HOSTS.c.cluster_id == bindparam("cluster_id"))
 _UPDATE_VM_REF: Final = update(_VMS).where(_VMS.c.id == bindparam("row_id")).values(xapi_ref=bindparam("ref"))
 _ADVANCE_REVISION: Final = (
     update(_COUNTERS)
@@ -1033,15 +1074,13 @@ class Repository:
 
         # Hosts
         wanted_hosts = {host.uuid: host for host in batch.hosts}
-        host_rows: dict[str, HostRow] = {}
+        stored_hosts: dict[str, tuple[int, MirrorHost]] = {}
         if batch.full or batch.hosts or batch.removed_host_uuids:  # most event batches touch no host
-            host_rows = {
-                row.uuid: cast(HostRow, row)
-                for row in connection.execute(_HOSTS_OF_CLUSTER, {"cluster_id": cluster_id})
-            }
+            for stored in map(_stored_host, connection.execute(_HOSTS_OF_CLUSTER, {"cluster_id": cluster_id})):
+                stored_hosts[stored[1].uuid] = stored
         for uuid, host_facts in wanted_hosts.items():
-            host_row = host_rows.get(uuid)
-            previous_host = _host_from_row(host_row) if host_row is not None else None
+            found = stored_hosts.get(uuid)
+            previous_host = found[1] if found is not None else None
             current_host = MirrorHost(
                 cluster_id=cluster_id,
                 pool_uuid=pool_uuid,
@@ -1055,13 +1094,13 @@ class Repository:
             elif not previous_host.same_content(current_host):
                 changes.append(_PendingChange("host", "MODIFIED", cluster_id, uuid, current_host))
         gone_hosts = (
-            [uuid for uuid in host_rows if uuid not in wanted_hosts] if batch.full else batch.removed_host_uuids
+            [uuid for uuid in stored_hosts if uuid not in wanted_hosts] if batch.full else batch.removed_host_uuids
         )
         for uuid in gone_hosts:
-            host_row = host_rows.get(uuid)
-            if host_row is None or host_row.removed:
+            found = stored_hosts.get(uuid)
+            if found is None or found[1].removed:
                 continue
-            host = _host_from_row(host_row)
+            host = found[1]
             changes.append(
                 _PendingChange(
                     "host",
@@ -1085,7 +1124,7 @@ class Repository:
         changes.sort(key=lambda change: _CHANGE_KIND_ORDER.get(change.kind, len(_CHANGE_KIND_ORDER)))
         row_ids = {
             "vm": {uuid: row.row_id for uuid, row in existing_vms.items()},
-            "host": {uuid: row.id for uuid, row in host_rows.items()},
+            "host": {uuid: row_id for uuid, (row_id, _host) in stored_hosts.items()},
         }
         stored_names = {uuid: row.vm.facts.name for uuid, row in existing_vms.items()}
         last = self._write_changes(session, changes, now, ref_by_uuid, row_ids, stored_names)

@@ -6,6 +6,7 @@ raised as xsha_common.errors.ServiceError.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -47,6 +48,7 @@ from ha_service.store.models import (
 from ha_service.sync_client import SyncClient, SyncError, SyncNotFoundError, SyncUnavailableError
 from ha_service.validation import Violations
 from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
+from xsha_common.bulk_write import BulkWriter
 from xsha_common.db import is_transient_db_error, retry_transient, write_transaction
 from xsha_common.errors import ServiceError, aborted, failed_precondition, not_found, unavailable
 from xsha_common.group_commit import GroupCommit
@@ -116,23 +118,37 @@ def load_pins(session: Session) -> dict[str, ClusterPinRow]:
 
 @dataclass
 class PoolView:
-    """What sync_service says about a cluster's pool; `reachable` False when sync_service is down."""
+    """What sync_service says about a cluster's pool; `reachable` False when sync_service is down. A view is not
+    changed once made (a newer one replaces it), so what is derived from it is worked out once: a cached view
+    serves every decision of its cluster."""
 
     pool: sync_service_pb2.Pool | None
     reachable: bool
     error: str = ""
 
-    @property
+    @functools.cached_property
     def synced(self) -> bool:
         return cv.pool_synced(self.pool)
 
-    @property
+    @functools.cached_property
     def version(self) -> common_pb2.HypervisorVersion | None:
         return self.pool.version if self.pool is not None and self.synced else None
 
-    @property
+    @functools.cached_property
     def pool_ha(self) -> dm.PoolHaFacts | None:
         return cv.pool_ha_facts(self.pool) if self.pool is not None and self.synced else None
+
+    @functools.cached_property
+    def verdict(self) -> dm.VersionVerdict | None:
+        """R3's verdict on the pool's version; None when the view has no version."""
+        return _native_ha_verdict(cv.version_facts(self.version)) if self.version is not None else None
+
+
+@functools.lru_cache(maxsize=256)
+def _native_ha_verdict(facts: dm.VersionFacts | None) -> dm.VersionVerdict:
+    """R3's verdict, once per distinct version: a pool's version is the same for every decision of its cluster,
+    and parsing it again was a visible share of each decision."""
+    return native_ha_supported(facts)
 
 
 class PoolViewCache:
@@ -229,6 +245,8 @@ _SETTINGS_SHARED: Final = (
 _ALL_OVERRIDES: Final = select(_OVERRIDES_TABLE.c.cluster_id, _OVERRIDES_TABLE.c.native_ha_enabled)
 _PIN_OF: Final = select(_PINS_TABLE).where(_PINS_TABLE.c.cluster_id == bindparam("cluster_id"))
 _REQUESTS_TABLE: Final = cast(Table, RequestRow.__table__)
+_INSERT_MANAGED_VM: Final = insert(_MANAGED_VMS)
+_INSERT_REQUEST: Final = insert(_REQUESTS_TABLE)
 _STORED_RESPONSES: Final = select(_REQUESTS_TABLE.c.request_id, _REQUESTS_TABLE.c.response).where(
     _REQUESTS_TABLE.c.method == bindparam("method"),
     _REQUESTS_TABLE.c.request_id.in_(bindparam("request_ids", expanding=True)),
@@ -259,6 +277,7 @@ class Handlers:
     pool_cache: PoolViewCache = field(default_factory=PoolViewCache)
     _decisions: GroupCommit[_DecisionJob, _Decided] = field(init=False, repr=False)
     _engine: Engine = field(init=False, repr=False)
+    _bulk: BulkWriter = field(init=False, repr=False)
     _overrides_cache: tuple[int, Mapping[str, bool]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -267,6 +286,7 @@ class Handlers:
         if not isinstance(engine, Engine):
             raise TypeError("Handlers needs a sessionmaker bound to an Engine")
         self._engine = engine
+        self._bulk = BulkWriter(engine.dialect)
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -482,11 +502,13 @@ class Handlers:
                     "facts. Check the cluster's HA status once sync_service is back.",
                 )
             )
-        version = view.version or request_version
+        verdict = view.verdict or _native_ha_verdict(
+            cv.version_facts(request_version) if request_version is not None else None
+        )
         job = _DecisionJob(
             request=request,
             vm_type=cv.VM_TYPE_TO_DOMAIN[request.vm_type],
-            verdict=native_ha_supported(cv.version_facts(version) if version is not None else None),
+            verdict=verdict,
             pool_ha=view.pool_ha,
             extra_warnings=extra_warnings,
             unavailable_error=unavailable_error,
@@ -612,10 +634,11 @@ class Handlers:
                     )
                 outcomes.append((response, str(decision.mode)))
             # Duplicates (a concurrent replica decided the same VM or request) raise: the batch goes one by one.
+            # Through the driver: SQLAlchemy's building of every row's parameters was a visible share of a decision.
             if new_vms:
-                connection.execute(insert(_MANAGED_VMS), new_vms)
+                self._bulk.executemany(connection, _INSERT_MANAGED_VM, new_vms)
             if new_requests:
-                connection.execute(insert(_REQUESTS_TABLE), new_requests)
+                self._bulk.executemany(connection, _INSERT_REQUEST, new_requests)
         return outcomes
 
     def _overrides_at(self, connection: Connection, settings_version: int) -> Mapping[str, bool]:

@@ -132,3 +132,34 @@ def test_groups_never_exceed_max_group_and_every_caller_completes() -> None:
 def test_max_group_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_group"):
         GroupCommit(lambda jobs: list(jobs), max_group=0)
+
+
+def test_many_callers_in_many_rounds_each_get_their_own_result_exactly_once() -> None:
+    """Leads handed on and on under contention: every caller is woken once, with its own outcome (a caller woken
+    twice, or never, would fail or hang here)."""
+    runs: list[int] = []
+
+    def run(jobs: Sequence[int]) -> list[int]:
+        runs.append(len(jobs))
+        return [job * 2 for job in jobs]
+
+    commit: GroupCommit[int, int] = GroupCommit(run, max_group=5)
+    results: dict[int, int] = {}
+    failures: list[BaseException] = []
+
+    def caller(base: int) -> None:
+        try:
+            for n in range(200):
+                job = base * 1000 + n
+                results[job] = commit.submit(job)
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=caller, args=(index,)) for index in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads) and failures == []
+    assert results == {job: job * 2 for job in results} and len(results) == 16 * 200
+    assert sum(runs) == 16 * 200 and max(runs) <= 5

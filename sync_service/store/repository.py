@@ -526,8 +526,7 @@ def _pool_bookkeeping(columns: tuple[str, ...]) -> Update:
     return update(_POOLS).where(_POOLS.c.id == bindparam("pool_id")).values(values)
 
 
-@functools.cache
-@functools.cache  # one statement per column set, so its compiled form is cached too
+@functools.cache  # one statement per column set, so the bulk writer compiles each once
 def _mysql_update_by_id(table: Table, columns: tuple[str, ...]) -> Insert:
     """Update existing rows (by id) in one multi-row statement on MySQL and MariaDB."""
     statement = mysql.insert(table)

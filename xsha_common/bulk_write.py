@@ -12,7 +12,6 @@ through `exec_driver_sql`, so engine events and error wrapping still apply.
 from __future__ import annotations
 
 import operator
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +36,8 @@ class DriverStatement:
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
         """Each row as the driver takes it: a tuple in bind order, or a dict by bind name."""
         if self.constants:
-            rows = [{**dict(self.constants), **row} for row in rows]
+            defaults = dict(self.constants)
+            rows = [{**defaults, **row} for row in rows]
         if not self.positional:
             if not self.processors:
                 return list(rows)
@@ -79,7 +79,8 @@ class BulkWriter:
 
     def __init__(self, dialect: Dialect) -> None:
         self.dialect = dialect
-        self._lock = threading.Lock()
+        # No lock: two threads compiling the same statement at once store equal results, and a dict's item
+        # assignment is atomic.
         self._compiled: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
 
     def executemany(
@@ -96,8 +97,7 @@ class BulkWriter:
         found = self._compiled.get(cache_key)
         if found is None:
             found = compile_for_driver(statement, keys, self.dialect)
-            with self._lock:
-                self._compiled[cache_key] = found
+            self._compiled[cache_key] = found
         return found
 
 

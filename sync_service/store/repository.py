@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Generic, TypeVar, cast
+from typing import Any, Final, Generic, NamedTuple, TypeVar, cast
 
 import orjson
 from sqlalchemy import (
@@ -295,11 +295,16 @@ def _version_values(version: VersionFacts) -> dict[str, Any]:
 
 def _host_from_row(row: HostRow) -> MirrorHost:
     """An ORM host row (or any row with its attributes) as a MirrorHost."""
-    return _stored_host([getattr(row, column.name) for column in _STORED_HOST_COLUMNS])[1]
+    return _stored_host([getattr(row, column.name) for column in _STORED_HOST_COLUMNS]).host
 
 
-def _stored_host(row: Sequence[Any]) -> tuple[int, MirrorHost]:
-    """A host row read with _STORED_HOST_COLUMNS, unpacked by position (as _stored_vm): its id and the host."""
+class _StoredHost(NamedTuple):
+    row_id: int
+    host: MirrorHost
+
+
+def _stored_host(row: Sequence[Any]) -> _StoredHost:
+    """A host row read with _STORED_HOST_COLUMNS, unpacked by position (as _stored_vm)."""
     (
         row_id,
         cluster_id,
@@ -326,7 +331,7 @@ def _stored_host(row: Sequence[Any]) -> tuple[int, MirrorHost]:
         api_version_major, api_version_minor, product_brand, product_version, platform_version, build_number
     )
     facts = HostFacts(uuid, name, address, live, enabled, is_master, memory_total, memory_free, version)
-    return row_id, MirrorHost(cluster_id, pool_uuid, facts, removed, revision, update_time)
+    return _StoredHost(row_id, MirrorHost(cluster_id, pool_uuid, facts, removed, revision, update_time))
 
 
 def _host_values(host: MirrorHost) -> dict[str, Any]:
@@ -1073,13 +1078,13 @@ class Repository:
 
         # Hosts
         wanted_hosts = {host.uuid: host for host in batch.hosts}
-        stored_hosts: dict[str, tuple[int, MirrorHost]] = {}
+        stored_hosts: dict[str, _StoredHost] = {}
         if batch.full or batch.hosts or batch.removed_host_uuids:  # most event batches touch no host
             for stored in map(_stored_host, connection.execute(_HOSTS_OF_CLUSTER, {"cluster_id": cluster_id})):
-                stored_hosts[stored[1].uuid] = stored
+                stored_hosts[stored.host.uuid] = stored
         for uuid, host_facts in wanted_hosts.items():
             found = stored_hosts.get(uuid)
-            previous_host = found[1] if found is not None else None
+            previous_host = found.host if found is not None else None
             current_host = MirrorHost(
                 cluster_id=cluster_id,
                 pool_uuid=pool_uuid,
@@ -1097,9 +1102,9 @@ class Repository:
         )
         for uuid in gone_hosts:
             found = stored_hosts.get(uuid)
-            if found is None or found[1].removed:
+            if found is None or found.host.removed:
                 continue
-            host = found[1]
+            host = found.host
             changes.append(
                 _PendingChange(
                     "host",
@@ -1123,7 +1128,7 @@ class Repository:
         changes.sort(key=lambda change: _CHANGE_KIND_ORDER.get(change.kind, len(_CHANGE_KIND_ORDER)))
         row_ids = {
             "vm": {uuid: row.row_id for uuid, row in existing_vms.items()},
-            "host": {uuid: row_id for uuid, (row_id, _host) in stored_hosts.items()},
+            "host": {uuid: stored.row_id for uuid, stored in stored_hosts.items()},
         }
         stored_names = {uuid: row.vm.facts.name for uuid, row in existing_vms.items()}
         last = self._write_changes(session, changes, now, ref_by_uuid, row_ids, stored_names)

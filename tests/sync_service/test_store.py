@@ -286,3 +286,99 @@ def test_a_large_full_list_refreshes_the_planner_statistics_on_postgresql(
     large = [_facts(f"l{n}") for n in range(ANALYZE_AFTER_FULL_LIST_OF)]
     repository.apply_batch(Batch("large", 1, "t1", pool=_pool_facts(), vms=large, full=True))
     assert _reltuples(repository, "sync_vms") == len(small) + len(large)
+
+
+def _vm_reads(repository: Repository) -> tuple[list[str], Any]:
+    """Which VM row reads a repository sends: 'versions' (id, revision, ref only) or 'whole'."""
+    reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("SELECT") and "FROM sync_vms" in statement:
+            reads.append("whole" if "power_state" in statement else "versions")
+
+    event.listen(repository.engine, "before_cursor_execute", record)
+    return reads, lambda: event.remove(repository.engine, "before_cursor_execute", record)
+
+
+def test_an_event_batch_reads_whole_only_the_vm_rows_changed_since_the_last_one(repository: Repository) -> None:
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts(u) for u in "abcd"], full=True))
+    repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts(u, XapiPowerState.HALTED) for u in "abcd"]))
+    reads, stop = _vm_reads(repository)
+    try:
+        # The rows this replica wrote last are current: their versions suffice.
+        result = repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts(u) for u in "abc"]))
+    finally:
+        stop()
+    assert result.revisions == 3 and reads == ["versions"]
+    vm_a = repository.get_vm(uuid="a")
+    assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING
+    assert vm_a.power_state_update_count == 1  # a new state: counted from one again
+
+
+def test_a_vm_row_written_by_another_replica_is_read_again_not_taken_from_the_cache(db_url: str) -> None:
+    """Another writer (a replica that held the pool's lease meanwhile) changed a row this one cached: the row's
+    new revision shows it, so the batch diffs against the database, not against what this replica wrote."""
+    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
+    engine = create_engine_for(db_url, pool_size=4)
+    try:
+        ours, theirs = Repository(engine), Repository(engine)
+        _register(ours, "c1")
+        ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True))
+        ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED), _facts("b")]))
+        theirs.apply_batch(Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.RUNNING)]))
+        reads, stop = _vm_reads(ours)
+        try:
+            # Halted again: a change against the database (running), none against this replica's last write.
+            result = ours.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.HALTED), _facts("b")]))
+        finally:
+            stop()
+        assert result.revisions == 1
+        assert reads == ["versions", "whole"]  # b from the cache, a read again
+        vm_a = ours.get_vm(uuid="a")
+        assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.HALTED
+        # And the ref alone, written without a new revision, is part of a row's version too.
+        theirs.apply_batch(Batch("c1", 1, "t5", vms=[_facts("b")], vm_refs={"b": "OpaqueRef:b2"}))
+        ours.apply_batch(Batch("c1", 1, "t6", vms=[_facts("b")], vm_refs={"b": "OpaqueRef:b2"}))
+        mirror = dict((vm.uuid, ref) for ref, vm in ours.load_mirror("c1")[0])
+        assert mirror["b"] == "OpaqueRef:b2"
+    finally:
+        engine.dispose()
+
+
+def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(db_url: str) -> None:
+    """A group that fails after one of its batches was written rolls back, and its revisions are handed out
+    again: the rows it staged must not stand for the database's rows, even at an equal revision."""
+    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
+    engine = create_engine_for(db_url, pool_size=4)
+    try:
+        ours, theirs = Repository(engine), Repository(engine)
+        _register(ours, "c1")
+        _register(ours, "c2")
+        ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True))
+        ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED)]))
+        cached = ours._vm_rows.get(("c1", "a"))
+        assert cached is not None and cached.vm.facts.xapi_power_state is XapiPowerState.HALTED
+        write_batch = Repository._write_batch
+
+        def fail_for_c2(self: Repository, session: Any, batch: Batch, *args: Any) -> Any:
+            if batch.cluster_id == "c2":
+                raise RuntimeError("the disk is full")
+            return write_batch(self, session, batch, *args)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(Repository, "_write_batch", fail_for_c2)
+            with pytest.raises(RuntimeError, match="disk"):  # c1's batch is written first, then c2's fails
+                ours._write_together(
+                    [Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.RUNNING)]), Batch("c2", 1, "t3")]
+                )
+        assert ours._vm_rows.get(("c1", "a")) is cached
+        # Another writer takes the revision the rolled-back write had, for other content; then this replica
+        # sees the VM running: a change against the database.
+        theirs.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.PAUSED)]))
+        result = ours.apply_batch(Batch("c1", 1, "t5", vms=[_facts("a", XapiPowerState.RUNNING)]))
+        assert result.revisions == 1
+        vm_a = ours.get_vm(uuid="a")
+        assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING
+    finally:
+        engine.dispose()

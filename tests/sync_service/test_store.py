@@ -13,7 +13,13 @@ from sqlalchemy import event, inspect, text
 
 from sync_service.domain import HaFacts, PoolFacts, VersionFacts, VmFacts, XapiPowerState
 from sync_service.store.models import VERSION_TABLE
-from sync_service.store.repository import ANALYZE_AFTER_FULL_LIST_OF, Batch, Repository, StaleWatcherError
+from sync_service.store.repository import (
+    ANALYZE_AFTER_FULL_LIST_OF,
+    MYSQL_VM_ROW_CACHE_SIZE,
+    Batch,
+    Repository,
+    StaleWatcherError,
+)
 from sync_service.testing import RunningSyncService
 from xsha_api.v1 import sync_service_pb2
 from xsha_common.db import create_engine_for, current_revision, downgrade_to_base, head_revision, upgrade_to_head
@@ -300,7 +306,21 @@ def _vm_reads(repository: Repository) -> tuple[list[str], Any]:
     return reads, lambda: event.remove(repository.engine, "before_cursor_execute", record)
 
 
-def test_an_event_batch_reads_whole_only_the_vm_rows_changed_since_the_last_one(repository: Repository) -> None:
+def test_only_mysql_keeps_a_vm_row_cache_by_default(repository: Repository) -> None:
+    expected = MYSQL_VM_ROW_CACHE_SIZE if repository.backend == "mysql" else 0
+    assert repository._vm_rows.max_entries == expected
+
+
+def test_an_event_batch_reads_whole_only_the_vm_rows_changed_since_the_last_one(db_url: str) -> None:
+    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
+    engine = create_engine_for(db_url, pool_size=4)
+    try:
+        _reads_only_changed_rows(Repository(engine, vm_row_cache_size=1000))
+    finally:
+        engine.dispose()
+
+
+def _reads_only_changed_rows(repository: Repository) -> None:
     _register(repository, "c1")
     repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts(u) for u in "abcd"], full=True))
     repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts(u, XapiPowerState.HALTED) for u in "abcd"]))
@@ -322,7 +342,7 @@ def test_a_vm_row_written_by_another_replica_is_read_again_not_taken_from_the_ca
     upgrade_to_head("sync_service", db_url, VERSION_TABLE)
     engine = create_engine_for(db_url, pool_size=4)
     try:
-        ours, theirs = Repository(engine), Repository(engine)
+        ours, theirs = Repository(engine, vm_row_cache_size=1000), Repository(engine, vm_row_cache_size=1000)
         _register(ours, "c1")
         ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True))
         ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED), _facts("b")]))
@@ -352,7 +372,7 @@ def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(db_url: str) ->
     upgrade_to_head("sync_service", db_url, VERSION_TABLE)
     engine = create_engine_for(db_url, pool_size=4)
     try:
-        ours, theirs = Repository(engine), Repository(engine)
+        ours, theirs = Repository(engine, vm_row_cache_size=1000), Repository(engine, vm_row_cache_size=1000)
         _register(ours, "c1")
         _register(ours, "c2")
         ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True))

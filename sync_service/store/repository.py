@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 _IN_CHUNK: Final = 500
 
 # VM rows kept for the next batches on MySQL and MariaDB, where PyMySQL decodes each column of a row read in Python
-# (about 300 bytes a row beside the facts the watchers hold anyway). SQLite reads rows in C, and there the cache's
+# (about 430 bytes a row beside the facts the watchers hold anyway). SQLite reads rows in C, and there the cache's
 # own bookkeeping cost more than the reads it saved (figure 1 at 14,000-18,000 changes/s, back to back: lag p50
 # 0.09 -> 0.12 s, and 18,000/s failed); on PostgreSQL the gain was within the noise. So only MySQL keeps one.
 MYSQL_VM_ROW_CACHE_SIZE: Final = 100_000

@@ -205,8 +205,8 @@ class _StoredVm:
 
     @property
     def version(self) -> tuple[int, int, str]:
-        """What an equal row in the database has equal (see row_cache): every write of its content takes a new
-        revision, and its ref alone is written without one."""
+        """Id, revision and ref: a database row with the same version has the same content (see row_cache), since
+        every write of its content takes a new revision and only its ref is written without one."""
         return self.row_id, self.vm.revision, self.xapi_ref
 
 
@@ -481,9 +481,9 @@ _STORED_VM_COLUMNS: Final = tuple(
 # A full list of at least this many VMs is followed, on PostgreSQL, by an ANALYZE of the mirror tables.
 ANALYZE_AFTER_FULL_LIST_OF: Final = 1000
 _VMS_OF_CLUSTER: Final = select(*_STORED_VM_COLUMNS).where(_VMS.c.cluster_id == bindparam("cluster_id"))
-# An event batch's VM rows are first read by their version only (see row_cache): a row whose version matches the
-# cached one is taken from the cache, the rest are read whole by id.
 _VMS_BY_UUID: Final = _VMS_OF_CLUSTER.where(_VMS.c.uuid.in_(bindparam("uuids", expanding=True)))
+# With a row cache, an event batch's VM rows are first read by their version only (see row_cache): a row whose
+# version matches the cached one is taken from the cache, the rest are read whole by id.
 _VM_VERSIONS_BY_UUID: Final = select(_VMS.c.uuid, _VMS.c.id, _VMS.c.revision, _VMS.c.xapi_ref).where(
     _VMS.c.cluster_id == bindparam("cluster_id"), _VMS.c.uuid.in_(bindparam("uuids", expanding=True))
 )

@@ -41,6 +41,3 @@ class RowCache(Generic[K, V]):
         if len(rows) > self.max_entries:
             return
         self._rows.update(rows)
-
-    def clear(self) -> None:
-        self._rows.clear()

@@ -258,6 +258,10 @@ def _stored_vm(row: Sequence[Any]) -> _StoredVm:
     return _StoredVm(row_id, xapi_ref, vm)
 
 
+def _stored_vms_by_uuid(rows: Iterable[Sequence[Any]]) -> dict[str, _StoredVm]:
+    return {stored.vm.uuid: stored for stored in map(_stored_vm, rows)}
+
+
 def _vm_from_row(row: VmRow) -> MirrorVm:
     """An ORM VM row as a MirrorVm: the same mapping as the batch write's tuples (_stored_vm)."""
     return _stored_vm([getattr(row, column.name) for column in _STORED_VM_COLUMNS]).vm
@@ -1070,8 +1074,12 @@ class Repository:
         """The stored rows of `uuids` (those that exist), by uuid: from this transaction's staged rows or the row
         cache where the row's version still matches, the rest read whole. When fewer than half of them are known
         (a pool's first batches), all are read whole at once: checking versions first would cost a read more."""
-        cached = sum(1 for uuid in uuids if (cluster_id, uuid) in staged or self._vm_rows.get((cluster_id, uuid)))
-        if cached * 2 < len(uuids):
+        known: dict[str, _StoredVm] = {}
+        for uuid in uuids:
+            cached = staged.get((cluster_id, uuid)) or self._vm_rows.get((cluster_id, uuid))
+            if cached is not None:
+                known[uuid] = cached
+        if len(known) * 2 < len(uuids):
             return self._read_vms(connection, cluster_id, uuids)
         found: dict[str, _StoredVm] = {}
         changed_ids: list[int] = []
@@ -1079,15 +1087,15 @@ class Repository:
             for uuid, row_id, revision, xapi_ref in connection.execute(
                 _VM_VERSIONS_BY_UUID, {"cluster_id": cluster_id, "uuids": list(chunk)}
             ):
-                key = (cluster_id, uuid)
-                known = staged.get(key) or self._vm_rows.get(key)
-                if known is not None and known.version == (row_id, revision, xapi_ref):
-                    found[uuid] = known
+                cached = known.get(uuid)
+                if cached is not None and cached.version == (row_id, revision, xapi_ref):
+                    found[uuid] = cached
                 else:
                     changed_ids.append(row_id)
-        for ids in _chunks(changed_ids):
-            for stored in map(_stored_vm, connection.execute(_VMS_BY_ID, {"ids": list(ids)})):
-                found[stored.vm.uuid] = stored
+        changed = itertools.chain.from_iterable(
+            connection.execute(_VMS_BY_ID, {"ids": list(ids)}) for ids in _chunks(changed_ids)
+        )
+        found.update(_stored_vms_by_uuid(changed))
         return found
 
     @staticmethod
@@ -1096,7 +1104,7 @@ class Repository:
             connection.execute(_VMS_BY_UUID, {"cluster_id": cluster_id, "uuids": list(chunk)})
             for chunk in _chunks(uuids)
         )
-        return {stored.vm.uuid: stored for stored in map(_stored_vm, rows)}
+        return _stored_vms_by_uuid(rows)
 
     @staticmethod
     def _stage_vm_rows(
@@ -1143,8 +1151,7 @@ class Repository:
         wanted = {vm.uuid: vm for vm in batch.vms}
         caching = self._vm_rows.max_entries > 0
         if batch.full:
-            vm_rows = connection.execute(_VMS_OF_CLUSTER, {"cluster_id": cluster_id})
-            existing_vms = {stored.vm.uuid: stored for stored in map(_stored_vm, vm_rows)}
+            existing_vms = _stored_vms_by_uuid(connection.execute(_VMS_OF_CLUSTER, {"cluster_id": cluster_id}))
         elif caching:
             existing_vms = self._stored_vms(connection, cluster_id, list(wanted) + batch.removed_vm_uuids, staged)
         else:

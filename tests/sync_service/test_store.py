@@ -315,25 +315,22 @@ def test_an_event_batch_reads_whole_only_the_vm_rows_changed_since_the_last_one(
     upgrade_to_head("sync_service", db_url, VERSION_TABLE)
     engine = create_engine_for(db_url, pool_size=4)
     try:
-        _reads_only_changed_rows(Repository(engine, vm_row_cache_size=1000))
+        repository = Repository(engine, vm_row_cache_size=1000)
+        _register(repository, "c1")
+        repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts(u) for u in "abcd"], full=True))
+        repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts(u, XapiPowerState.HALTED) for u in "abcd"]))
+        reads, stop = _vm_reads(repository)
+        try:
+            # The rows this replica wrote last are current: their versions suffice.
+            result = repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts(u) for u in "abc"]))
+        finally:
+            stop()
+        assert result.revisions == 3 and reads == ["versions"]
+        vm_a = repository.get_vm(uuid="a")
+        assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING
+        assert vm_a.power_state_update_count == 1  # a new state: counted from one again
     finally:
         engine.dispose()
-
-
-def _reads_only_changed_rows(repository: Repository) -> None:
-    _register(repository, "c1")
-    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts(u) for u in "abcd"], full=True))
-    repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts(u, XapiPowerState.HALTED) for u in "abcd"]))
-    reads, stop = _vm_reads(repository)
-    try:
-        # The rows this replica wrote last are current: their versions suffice.
-        result = repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts(u) for u in "abc"]))
-    finally:
-        stop()
-    assert result.revisions == 3 and reads == ["versions"]
-    vm_a = repository.get_vm(uuid="a")
-    assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING
-    assert vm_a.power_state_update_count == 1  # a new state: counted from one again
 
 
 def test_a_vm_row_written_by_another_replica_is_read_again_not_taken_from_the_cache(db_url: str) -> None:

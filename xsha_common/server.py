@@ -1,7 +1,9 @@
 """The one gRPC server builder both services use.
 
 `build_server` wires the servicers with health, reflection, the interceptor chain (metrics, access log, auth,
-deadline, error mapping), TLS or mutual TLS, a Prometheus endpoint and graceful shutdown. A service's `__main__`:
+deadline, error mapping), TLS or mutual TLS, a Prometheus endpoint and graceful shutdown. It runs them on grpc's
+thread-pool server, or with `concurrency="asyncio"` on grpc's asyncio server (`xsha_common.asyncio_server`), where
+coroutine methods run on one event loop and the others on a thread pool. A service's `__main__`:
 
     config = load_config(SCHEMA)
     setup_logging(config.log_level, config.log_format)
@@ -25,14 +27,15 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Protocol, Self, TypeAlias
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xsha_common.asyncio_server import AsyncioBackend
 from xsha_common.config import Config, ConfigError, split_host_port
-from xsha_common.interceptors import default_interceptors
+from xsha_common.interceptors import default_async_interceptors, default_interceptors
 from xsha_common.interceptors._handlers import ServerInterceptorBase
 from xsha_common.logging import register_secret
 from xsha_common.metrics import MetricsHttpServer, MetricsRegistry, RpcMetrics
@@ -154,6 +157,65 @@ class ServerSettings:
             raise ConfigError(str(error).splitlines()[1:] or [str(error)]) from None
 
 
+Concurrency = Literal["threads", "asyncio"]
+ServingStatus: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus
+
+
+class _Backend(Protocol):
+    """What `ServiceServer` drives: grpc's thread-pool server or its asyncio server."""
+
+    def add_port(self, address: str, credentials: grpc.ServerCredentials | None) -> int: ...
+    def start(self) -> None: ...
+    def set_health(self, service_name: str, status: ServingStatus) -> None: ...
+    def enter_graceful_shutdown(self) -> None: ...
+    def stop(self, grace: float | None) -> None: ...
+    def stop_now(self) -> None: ...
+
+
+class _ThreadsBackend:
+    """grpc's thread-pool server: each call runs on one of `max_workers` threads."""
+
+    def __init__(
+        self,
+        registrations: Sequence[ServiceRegistration],
+        service_names: Sequence[str],
+        *,
+        interceptors: Sequence[ServerInterceptorBase],
+        options: Sequence[tuple[str, Any]],
+        max_workers: int,
+    ) -> None:
+        self._executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+        self._server = grpc.server(self._executor, interceptors=list(interceptors), options=options)
+        for registration in registrations:
+            registration.add_to_server(registration.servicer, self._server)
+        self._health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+
+    def add_port(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        if credentials is None:
+            return self._server.add_insecure_port(address)
+        return self._server.add_secure_port(address, credentials)
+
+    def start(self) -> None:
+        self._server.start()
+
+    def set_health(self, service_name: str, status: ServingStatus) -> None:
+        self._health.set(service_name, status)
+
+    def enter_graceful_shutdown(self) -> None:
+        self._health.enter_graceful_shutdown()
+
+    def stop(self, grace: float | None) -> None:
+        self._server.stop(grace).wait()
+        self._executor.shutdown(wait=False)
+
+    def stop_now(self) -> None:
+        self._server.stop(0)
+
+
 class ServiceServer:
     """A built, not yet started gRPC server for one service. Create with `build_server`."""
 
@@ -163,7 +225,8 @@ class ServiceServer:
         settings: ServerSettings,
         *,
         metrics: MetricsRegistry | None = None,
-        extra_interceptors: Sequence[ServerInterceptorBase] = (),
+        extra_interceptors: Sequence[Any] = (),
+        concurrency: Concurrency = "threads",
     ) -> None:
         if not registrations:
             raise ValueError("build_server needs at least one service registration")
@@ -178,32 +241,38 @@ class ServiceServer:
                 ", ".join(self.service_names),
                 extra={"auth_disabled": True},
             )
-        interceptors = default_interceptors(
-            rpc_metrics=RpcMetrics(self.metrics),
-            auth_tokens=None if settings.auth_disabled else settings.auth_tokens,
-        )
-        interceptors += list(extra_interceptors)
-        self._executor = futures.ThreadPoolExecutor(max_workers=settings.max_workers, thread_name_prefix="grpc")
-        self._server = grpc.server(
-            self._executor,
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-                ("grpc.max_send_message_length", settings.max_send_message_bytes),
-                # Without this grpc sets SO_REUSEPORT and a second process could silently share our port.
-                ("grpc.so_reuseport", 0),
-            ],
-        )
-        for registration in registrations:
-            registration.add_to_server(registration.servicer, self._server)
-
-        self.health = health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        options = [
+            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", settings.max_send_message_bytes),
+            # Without this grpc sets SO_REUSEPORT and a second process could silently share our port.
+            ("grpc.so_reuseport", 0),
+        ]
+        rpc_metrics = RpcMetrics(self.metrics)
+        auth_tokens = None if settings.auth_disabled else settings.auth_tokens
+        self._backend: _Backend
+        if concurrency == "threads":
+            interceptors = default_interceptors(rpc_metrics=rpc_metrics, auth_tokens=auth_tokens)
+            self._backend = _ThreadsBackend(
+                registrations,
+                self.service_names,
+                interceptors=[*interceptors, *extra_interceptors],
+                options=options,
+                max_workers=settings.max_workers,
+            )
+        elif concurrency == "asyncio":
+            async_interceptors = default_async_interceptors(rpc_metrics=rpc_metrics, auth_tokens=auth_tokens)
+            self._backend = AsyncioBackend(
+                [(registration.add_to_server, registration.servicer) for registration in registrations],
+                self.service_names,
+                interceptors=[*async_interceptors, *extra_interceptors],
+                options=options,
+                max_workers=settings.max_workers,
+            )
+        else:
+            raise ValueError(f"concurrency must be 'threads' or 'asyncio', not {concurrency!r}")
+        self._health_statuses: dict[str, ServingStatus] = {}
         for name in ("", *self.service_names):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        reflection.enable_server_reflection(
-            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+            self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
         self._lock = threading.Lock()
         self._port: int | None = None
@@ -228,9 +297,9 @@ class ServiceServer:
                     credentials = server_credentials(
                         settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
                     )
-                    port = self._server.add_secure_port(settings.listen_address, credentials)
+                    port = self._backend.add_port(settings.listen_address, credentials)
                 else:
-                    port = self._server.add_insecure_port(settings.listen_address)
+                    port = self._backend.add_port(settings.listen_address, None)
             except RuntimeError as error:
                 raise OSError(
                     f"cannot listen on {settings.listen_address}: {error}; is another process using that port?"
@@ -240,10 +309,10 @@ class ServiceServer:
             if settings.metrics_address:
                 metrics_host, metrics_port = split_host_port(settings.metrics_address)
                 self._metrics_http = MetricsHttpServer(self.metrics, metrics_host, metrics_port)
-            self._server.start()
+            self._backend.start()
             self._port = port
         for name in ("", *self.service_names):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            self._set_health(name, health_pb2.HealthCheckResponse.SERVING)
         if not tls and host not in _LOOPBACK_HOSTS:
             _LOGGER.warning("serving without TLS on %s: traffic and bearer tokens travel in clear", host)
         _LOGGER.info(
@@ -283,7 +352,15 @@ class ServiceServer:
     def set_serving(self, service_name: str, serving: bool) -> None:
         """Report one service (or "" for the whole server) healthy or not, e.g. while its database is down."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        self.health.set(service_name, status)
+        self._set_health(service_name, status)
+
+    def health_status(self, service_name: str = "") -> ServingStatus | None:
+        """What the health service reports for `service_name` ("" for the whole server); None if unknown."""
+        return self._health_statuses.get(service_name)
+
+    def _set_health(self, service_name: str, status: ServingStatus) -> None:
+        self._health_statuses[service_name] = status
+        self._backend.set_health(service_name, status)
 
     def add_shutdown_callback(self, callback: Callable[[], None], name: str | None = None) -> None:
         """Run `callback` after the server stopped serving (stop watchers, close the database).
@@ -310,12 +387,11 @@ class ServiceServer:
         try:
             # Health first, so probes and load balancers see NOT_SERVING while calls still succeed.
             for name in ("", *self.service_names):
-                self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-            self.health.enter_graceful_shutdown()
+                self._set_health(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._backend.enter_graceful_shutdown()
             if self._port is not None and self.settings.shutdown_drain_seconds > 0:
                 self._drain_interrupted.wait(self.settings.shutdown_drain_seconds)
-            self._server.stop(grace).wait()
-            self._executor.shutdown(wait=False)
+            self._backend.stop(grace)
             for name, callback in reversed(self._shutdown_callbacks):
                 try:
                     callback()
@@ -337,7 +413,7 @@ class ServiceServer:
         if in_progress:
             _LOGGER.warning("second shutdown request: stopping now, cancelling in-flight calls")
             self._drain_interrupted.set()
-            self._server.stop(0)
+            self._backend.stop_now()
             return
         threading.Thread(target=self.shutdown, name="xsha-shutdown", daemon=True).start()
 
@@ -379,12 +455,16 @@ def build_server(
     settings: ServerSettings,
     *,
     metrics: MetricsRegistry | None = None,
-    extra_interceptors: Sequence[ServerInterceptorBase] = (),
+    extra_interceptors: Sequence[Any] = (),
+    concurrency: Concurrency = "threads",
 ) -> ServiceServer:
     """The gRPC server for one service: `registrations` plus health and reflection, behind the standard
-    interceptors (`extra_interceptors` run innermost). `metrics` is the registry the service declared its own
-    metrics on; a fresh one is made when None."""
-    return ServiceServer(registrations, settings, metrics=metrics, extra_interceptors=extra_interceptors)
+    interceptors (`extra_interceptors`, of the form `concurrency` takes, run innermost). `metrics` is the registry
+    the service declared its own metrics on; a fresh one is made when None. With `concurrency="asyncio"`, servicer
+    methods that are coroutines run on the server's event loop, and the rest on `settings.max_workers` threads."""
+    return ServiceServer(
+        registrations, settings, metrics=metrics, extra_interceptors=extra_interceptors, concurrency=concurrency
+    )
 
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerSettings", "ServiceRegistration", "ServiceServer", "build_server"]

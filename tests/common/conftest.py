@@ -111,8 +111,15 @@ def method(name: str) -> str:
 ServerFactory = Callable[..., tuple[ServiceServer, EchoService]]
 
 
+@pytest.fixture(params=["threads", "asyncio"])
+def concurrency(request: pytest.FixtureRequest) -> str:
+    """Each server test runs on both of build_server's forms: the offloaded handlers and async interceptors of the
+    asyncio server must behave as the thread-pool server does."""
+    return str(request.param)
+
+
 @pytest.fixture
-def make_server() -> Iterator[ServerFactory]:
+def make_server(concurrency: Any) -> Iterator[ServerFactory]:
     """Build and start servers on port 0; every one is stopped at teardown."""
     servers: list[tuple[ServiceServer, EchoService]] = []
 
@@ -126,6 +133,7 @@ def make_server() -> Iterator[ServerFactory]:
             [ServiceRegistration.generic(echo.generic_handler(), ECHO_SERVICE)],
             ServerSettings(**settings),
             metrics=metrics,
+            concurrency=concurrency,
         )
         servers.append((server, echo))
         if start:

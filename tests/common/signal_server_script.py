@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -22,15 +21,8 @@ def main() -> None:
 
     def block(request: bytes, context: grpc.ServicerContext) -> bytes:
         print("block entered", flush=True)
-        health = server_holder[0].health
-        no_context: Any = None  # Check ignores its context
-        wait_until(
-            lambda: (
-                health.Check(health_pb2.HealthCheckRequest(), no_context).status
-                == health_pb2.HealthCheckResponse.NOT_SERVING
-            ),
-            timeout=60,
-        )
+        server = server_holder[0]
+        wait_until(lambda: server.health_status("") == health_pb2.HealthCheckResponse.NOT_SERVING, timeout=60)
         return b"finished after SIGTERM"
 
     handler = grpc.method_handlers_generic_handler(

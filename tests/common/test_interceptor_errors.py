@@ -49,6 +49,13 @@ def test_unexpected_exception_is_internal_with_a_generic_message_and_a_logged_tr
     assert vars(record)["method"] == method("Crash") and vars(record)["request_id"] == "req-7"
 
 
+def test_each_failed_call_names_its_own_request_id(channel: grpc.Channel) -> None:
+    for request_id in ("req-8", "req-9"):
+        metadata = (*AUTH, ("x-request-id", request_id))
+        error = rpc_error(lambda: call_unary(channel, "Crash", b"", metadata=metadata, timeout=5))  # noqa: B023
+        assert f"request id {request_id}" in error.details()
+
+
 def test_errors_raised_mid_stream_are_mapped(channel: grpc.Channel) -> None:
     responses = rpc(channel, "unary_stream", "CrashMidStream")(b"", metadata=AUTH, timeout=5)
     assert next(responses) == b"first"

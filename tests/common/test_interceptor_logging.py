@@ -37,6 +37,17 @@ def test_a_call_is_logged_with_method_code_duration_peer_and_request_id(
     assert json.loads(line)["code"] == "OK"
 
 
+def test_each_call_of_a_method_is_logged_with_its_own_request_id(
+    channel: grpc.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The asyncio server builds a method's wrappers once: per-call facts must come from each call.
+    with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER_NAME):
+        for request_id in ("first-1", "second-2"):
+            call_unary(channel, "Unary", b"x", metadata=(*AUTH, ("x-request-id", request_id)), timeout=5)
+        call_unary(channel, "Unary", b"x", metadata=AUTH, timeout=5)
+    assert [vars(record).get("request_id") for record in access_records(caplog)] == ["first-1", "second-2", None]
+
+
 def test_refused_and_failed_calls_are_logged_with_their_code(
     channel: grpc.Channel, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -6,7 +6,6 @@ import threading
 import urllib.request
 from concurrent import futures
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -29,9 +28,8 @@ def health_status(channel: grpc.Channel, service: str = "") -> int:
     return int(response.status)
 
 
-def local_health_status(server: ServiceServer) -> int:
-    context: Any = None  # Check ignores its context
-    return int(server.health.Check(health_pb2.HealthCheckRequest(service=""), context).status)
+def local_health_status(server: ServiceServer) -> int | None:
+    return server.health_status("")
 
 
 def test_health_is_serving_for_the_server_and_each_service_without_a_token(make_server: ServerFactory) -> None:

@@ -13,10 +13,14 @@ import grpc
 from grpc_health.v1 import health
 
 from xsha_common.interceptors._handlers import (
+    AsyncContinuation,
+    AsyncServerInterceptorBase,
     Continuation,
     MethodHandler,
     ServerInterceptorBase,
+    WrappedHandlers,
     aborting_handler,
+    aborting_handler_async,
     metadata_value,
     split_method,
 )
@@ -38,30 +42,21 @@ def bearer_token_metadata(token: str) -> tuple[tuple[str, str]]:
     return ((AUTHORIZATION_METADATA_KEY, f"Bearer {token}"),)
 
 
-class BearerTokenAuthInterceptor(ServerInterceptorBase):
-    """Refuses with UNAUTHENTICATED every call to a non-exempt service without a valid bearer token."""
-
-    def __init__(self, tokens: Iterable[str], exempt_services: Iterable[str] = AUTH_EXEMPT_SERVICES) -> None:
+class _TokenCheck:
+    def __init__(self, tokens: Iterable[str], exempt_services: Iterable[str]) -> None:
         self._tokens = tuple(token.encode("utf-8") for token in tokens if token)
         if not self._tokens:
-            raise ValueError("BearerTokenAuthInterceptor needs at least one non-empty token")
+            raise ValueError("bearer token authentication needs at least one non-empty token")
         self._exempt_services = frozenset(exempt_services)
 
-    def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> MethodHandler | None:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
+    def problem(self, handler_call_details: grpc.HandlerCallDetails) -> str | None:
+        """Why the call is refused, or None when its service is exempt or it carries a valid token."""
         service, _ = split_method(handler_call_details.method)
         if service in self._exempt_services:
-            return handler
-        problem = self._problem(handler_call_details.invocation_metadata)
-        if problem is None:
-            return handler
-        return aborting_handler(handler, grpc.StatusCode.UNAUTHENTICATED, problem)
+            return None
+        return self._token_problem(handler_call_details.invocation_metadata)
 
-    def _problem(self, metadata: object) -> str | None:
+    def _token_problem(self, metadata: object) -> str | None:
         header = metadata_value(metadata, AUTHORIZATION_METADATA_KEY)
         if header is None:
             return MISSING_TOKEN_MESSAGE
@@ -72,3 +67,44 @@ class BearerTokenAuthInterceptor(ServerInterceptorBase):
         # Compare against every token (no early exit) in constant time per token.
         matches = [hmac.compare_digest(presented, valid) for valid in self._tokens]
         return None if any(matches) else INVALID_TOKEN_MESSAGE
+
+
+class BearerTokenAuthInterceptor(ServerInterceptorBase):
+    """Refuses with UNAUTHENTICATED every call to a non-exempt service without a valid bearer token."""
+
+    def __init__(self, tokens: Iterable[str], exempt_services: Iterable[str] = AUTH_EXEMPT_SERVICES) -> None:
+        self._check = _TokenCheck(tokens, exempt_services)
+
+    def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        problem = self._check.problem(handler_call_details)
+        if problem is None:
+            return handler
+        return aborting_handler(handler, grpc.StatusCode.UNAUTHENTICATED, problem)
+
+
+class AsyncBearerTokenAuthInterceptor(AsyncServerInterceptorBase):
+    """`BearerTokenAuthInterceptor` for the asyncio server."""
+
+    def __init__(self, tokens: Iterable[str], exempt_services: Iterable[str] = AUTH_EXEMPT_SERVICES) -> None:
+        self._check = _TokenCheck(tokens, exempt_services)
+        self._refusals: dict[tuple[str, str], WrappedHandlers] = {}
+
+    async def intercept_service(
+        self, continuation: AsyncContinuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        problem = self._check.problem(handler_call_details)
+        if problem is None:
+            return handler
+        method = handler_call_details.method
+        refusals = self._refusals.setdefault((method, problem), WrappedHandlers())
+        return refusals.get(
+            method, handler, lambda: aborting_handler_async(handler, grpc.StatusCode.UNAUTHENTICATED, problem)
+        )

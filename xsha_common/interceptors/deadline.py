@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
+from grpc import aio
 
 from xsha_common.errors import deadline_exceeded
 from xsha_common.interceptors._handlers import (
+    AnyContext,
+    AsyncContinuation,
+    AsyncServerInterceptorBase,
     Continuation,
     MethodHandler,
     ServerInterceptorBase,
+    WrappedHandlers,
+    end_with_status,
     seconds_remaining,
     wrap_handler,
+    wrap_handler_async,
 )
 
 EXPIRED_DEADLINE_MESSAGE = (
@@ -21,12 +29,12 @@ EXPIRED_DEADLINE_MESSAGE = (
 )
 
 
-def time_left(context: grpc.ServicerContext) -> float | None:
+def time_left(context: AnyContext) -> float | None:
     """Seconds before the caller's deadline (0 when passed), or None when the caller set no deadline."""
     return seconds_remaining(context)
 
 
-def require_time_left(context: grpc.ServicerContext, seconds: float = 0.0, *, doing: str = "this request") -> None:
+def require_time_left(context: AnyContext, seconds: float = 0.0, *, doing: str = "this request") -> None:
     """Raise a DEADLINE_EXCEEDED `ServiceError` unless more than `seconds` remain before the caller's deadline.
 
     Handlers call this before expensive steps (a database transaction, a call to sync_service) so they stop early
@@ -59,7 +67,46 @@ class DeadlineInterceptor(ServerInterceptorBase):
         return wrap_handler(handler, unary=unary, stream=stream)
 
 
-def _refuse_if_expired(context: grpc.ServicerContext) -> None:
+class AsyncDeadlineInterceptor(AsyncServerInterceptorBase):
+    """`DeadlineInterceptor` for the asyncio server."""
+
+    def __init__(self) -> None:
+        self._wrapped = WrappedHandlers()
+
+    async def intercept_service(
+        self, continuation: AsyncContinuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._wrapped.get(handler_call_details.method, handler, lambda: _refusing_when_expired(handler))
+
+
+def _refusing_when_expired(handler: MethodHandler) -> MethodHandler:
+    async def unary(call: Callable[[], Awaitable[Any]], context: aio.ServicerContext[Any, Any]) -> Any:
+        if _expired(context):
+            end_with_status(context, grpc.StatusCode.DEADLINE_EXCEEDED, EXPIRED_DEADLINE_MESSAGE)
+            return None
+        return await call()
+
+    async def stream(
+        call: Callable[[], AsyncIterator[Any]], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        if _expired(context):
+            end_with_status(context, grpc.StatusCode.DEADLINE_EXCEEDED, EXPIRED_DEADLINE_MESSAGE)
+            return
+        async with aclosing(call()) as responses:  # type: ignore[type-var]  # an async generator
+            async for response in responses:
+                yield response
+
+    return wrap_handler_async(handler, unary=unary, stream=stream)
+
+
+def _expired(context: AnyContext) -> bool:
     remaining = seconds_remaining(context)
-    if remaining is not None and remaining <= 0:
+    return remaining is not None and remaining <= 0
+
+
+def _refuse_if_expired(context: grpc.ServicerContext) -> None:
+    if _expired(context):
         context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, EXPIRED_DEADLINE_MESSAGE)

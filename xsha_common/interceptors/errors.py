@@ -8,20 +8,28 @@ message: the traceback goes to the server log (with the request id, if the clien
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import aclosing
 from typing import Any, NoReturn
 
 import grpc
+from grpc import aio
 
 from xsha_common.db import is_transient_db_error
 from xsha_common.errors import ServiceError, unavailable
 from xsha_common.interceptors._handlers import (
+    AnyContext,
+    AsyncContinuation,
+    AsyncServerInterceptorBase,
     Continuation,
     MethodHandler,
     ServerInterceptorBase,
+    WrappedHandlers,
+    context_request_id,
+    end_with_status,
     final_status_code,
-    request_id,
     wrap_handler,
+    wrap_handler_async,
 )
 
 ERRORS_LOGGER_NAME = "xsha.errors"
@@ -35,6 +43,41 @@ def internal_error_message(call_request_id: str | None) -> str:
     )
 
 
+class _ErrorMapping:
+    """The status one call's exception becomes (logging what the client must not see)."""
+
+    def __init__(self, logger: logging.Logger, method: str) -> None:
+        self._logger = logger
+        self._method = method
+
+    def status(self, call_request_id: str | None, error: Exception) -> grpc.Status:
+        """`call_request_id` is read when the call starts: grpc's asyncio context must not be asked for its
+        metadata once the call is over, which a failing stream may be."""
+        if isinstance(error, ServiceError):
+            return error.to_grpc_status()
+        fields: dict[str, Any] = {"method": self._method}
+        if call_request_id:
+            fields["request_id"] = call_request_id
+        if is_transient_db_error(error):
+            # The database is down or busy (a cut link, a lock): a dependency outage the caller retries,
+            # documented as UNAVAILABLE, not a server bug.
+            self._logger.warning("database unavailable in %s: %s", self._method, type(error).__name__, extra=fields)
+            return unavailable(
+                "The service's database is unavailable right now; retry the call in a few seconds.",
+                "DATABASE_UNAVAILABLE",
+                retry_delay=1.0,
+            ).to_grpc_status()
+        self._logger.error("unexpected exception in %s", self._method, exc_info=error, extra=fields)
+        return _InternalStatus(internal_error_message(call_request_id))
+
+
+class _InternalStatus(grpc.Status):
+    def __init__(self, details: str) -> None:
+        self.code = grpc.StatusCode.INTERNAL
+        self.details = details
+        self.trailing_metadata = ()
+
+
 class ErrorMappingInterceptor(ServerInterceptorBase):
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._logger = logger or logging.getLogger(ERRORS_LOGGER_NAME)
@@ -45,28 +88,10 @@ class ErrorMappingInterceptor(ServerInterceptorBase):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        method = handler_call_details.method
-        call_request_id = request_id(handler_call_details.invocation_metadata)
+        mapping = _ErrorMapping(self._logger, handler_call_details.method)
 
         def fail(context: grpc.ServicerContext, error: Exception) -> NoReturn:
-            if isinstance(error, ServiceError):
-                context.abort_with_status(error.to_grpc_status())
-            fields: dict[str, Any] = {"method": method}
-            if call_request_id:
-                fields["request_id"] = call_request_id
-            if is_transient_db_error(error):
-                # The database is down or busy (a cut link, a lock): a dependency outage the caller retries,
-                # documented as UNAVAILABLE, not a server bug.
-                self._logger.warning("database unavailable in %s: %s", method, type(error).__name__, extra=fields)
-                context.abort_with_status(
-                    unavailable(
-                        "The service's database is unavailable right now; retry the call in a few seconds.",
-                        "DATABASE_UNAVAILABLE",
-                        retry_delay=1.0,
-                    ).to_grpc_status()
-                )
-            self._logger.error("unexpected exception in %s", method, exc_info=error, extra=fields)
-            context.abort(grpc.StatusCode.INTERNAL, internal_error_message(call_request_id))
+            context.abort_with_status(mapping.status(context_request_id(context), error))
 
         def unary(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
             try:
@@ -87,6 +112,55 @@ class ErrorMappingInterceptor(ServerInterceptorBase):
         return wrap_handler(handler, unary=unary, stream=stream)
 
 
-def _already_aborted(context: grpc.ServicerContext, error: Exception) -> bool:
-    """True when the handler called `context.abort` itself: grpc then raises a bare Exception we must let through."""
+class AsyncErrorMappingInterceptor(AsyncServerInterceptorBase):
+    """`ErrorMappingInterceptor` for the asyncio server."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._logger = logger or logging.getLogger(ERRORS_LOGGER_NAME)
+        self._wrapped = WrappedHandlers()
+
+    async def intercept_service(
+        self, continuation: AsyncContinuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler))
+
+    def _wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
+        mapping = _ErrorMapping(self._logger, method)
+
+        async def unary(call: Callable[[], Awaitable[Any]], context: aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return await call()
+            except Exception as error:
+                if _already_aborted(context, error):
+                    raise
+                # Still in the call: a unary call ends only once this returns (a cancelled one raises
+                # CancelledError, which is not caught here).
+                _end_with(context, mapping.status(context_request_id(context), error))
+
+        async def stream(
+            call: Callable[[], AsyncIterator[Any]], context: aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            call_request_id = context_request_id(context)
+            try:
+                async with aclosing(call()) as responses:  # type: ignore[type-var]  # an async generator
+                    async for response in responses:
+                        yield response
+            except Exception as error:
+                if _already_aborted(context, error):
+                    raise
+                _end_with(context, mapping.status(call_request_id, error))
+
+        return wrap_handler_async(handler, unary=unary, stream=stream)
+
+
+def _end_with(context: aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
+    end_with_status(context, status.code, status.details, status.trailing_metadata)
+
+
+def _already_aborted(context: AnyContext, error: Exception) -> bool:
+    """True when the handler called `context.abort` itself: grpc then raises an exception we must let through."""
     return not isinstance(error, ServiceError) and final_status_code(context, None) is not grpc.StatusCode.OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Sequence
 
@@ -163,3 +164,78 @@ def test_many_callers_in_many_rounds_each_get_their_own_result_exactly_once() ->
     assert not any(thread.is_alive() for thread in threads) and failures == []
     assert results == {job: job * 2 for job in results} and len(results) == 16 * 200
     assert sum(runs) == 16 * 200 and max(runs) <= 5
+
+
+# --- coroutines (submit_async) --------------------------------------------------------------------------------------
+
+
+def test_coroutines_share_runs_on_the_runner_thread_and_get_their_own_outcomes() -> None:
+    gate = _Gate()
+    run_threads: list[str] = []
+
+    def run(jobs: Sequence[int]) -> list[int | BaseException]:
+        run_threads.append(threading.current_thread().name)
+        return gate.run(jobs)
+
+    commit: GroupCommit[int, int] = GroupCommit(run)
+
+    async def scenario() -> list[object]:
+        first = asyncio.ensure_future(commit.submit_async(1))
+        await asyncio.to_thread(gate.first_started.wait, 5)
+        others = [asyncio.ensure_future(commit.submit_async(job)) for job in (2, -3, 4)]
+        await asyncio.to_thread(_wait_queued, commit, 3)
+        gate.release.set()
+        return list(await asyncio.gather(first, *others, return_exceptions=True))
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes[0] == 10 and outcomes[1] == 20 and outcomes[3] == 40
+    assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "job -3"
+    assert gate.groups == [[1], [2, -3, 4]]
+    # The event loop never ran a group: it must not block on the database.
+    assert run_threads and all(name.startswith("group-commit") for name in run_threads)
+
+
+def test_threads_and_coroutines_share_one_queue_in_arrival_order() -> None:
+    gate = _Gate()
+    commit: GroupCommit[int, int] = GroupCommit(gate.run)
+    outcomes, threads = _submit_in_threads(commit, [1])
+    assert gate.first_started.wait(5)
+
+    async def coroutines() -> list[int]:
+        waiting = [asyncio.ensure_future(commit.submit_async(job)) for job in (2, 3)]
+        await asyncio.to_thread(_wait_queued, commit, 2)
+        more, more_threads = _submit_in_threads(commit, [4])
+        await asyncio.to_thread(_wait_queued, commit, 3)
+        gate.release.set()
+        results = list(await asyncio.gather(*waiting))
+        for thread in more_threads:
+            await asyncio.to_thread(thread.join, 5)
+        outcomes.update(more)
+        return results
+
+    assert asyncio.run(coroutines()) == [20, 30]
+    for thread in threads:
+        thread.join(5)
+    assert outcomes == {1: 10, 4: 40}
+    assert gate.groups == [[1], [2, 3, 4]]
+
+
+def test_a_cancelled_coroutine_s_job_still_runs_and_the_others_get_their_outcomes() -> None:
+    gate = _Gate()
+    commit: GroupCommit[int, int] = GroupCommit(gate.run)
+
+    async def scenario() -> int:
+        first = asyncio.ensure_future(commit.submit_async(1))
+        await asyncio.to_thread(gate.first_started.wait, 5)
+        cancelled = asyncio.ensure_future(commit.submit_async(2))
+        kept = asyncio.ensure_future(commit.submit_async(3))
+        await asyncio.to_thread(_wait_queued, commit, 2)
+        cancelled.cancel()
+        gate.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert await first == 10
+        return await kept
+
+    assert asyncio.run(scenario()) == 30
+    assert gate.groups == [[1], [2, 3]]

@@ -39,7 +39,12 @@ SCHEMA = ConfigSchema(
     "XSHA_HA_",
     "xsha HA policy service (HaPolicyService): modes, deployment decisions, HA actions and notifications.",
     (
-        server_settings_group("127.0.0.1:50052", "127.0.0.1:9102"),
+        server_settings_group(
+            "127.0.0.1:50052",
+            "127.0.0.1:9102",
+            workers_help="Threads serving the RPCs other than DecideVmDeployment (a coroutine on the event loop); "
+            "each open watch stream holds one.",
+        ),
         logging_settings_group(),
         database_settings_group("sqlite:///var/ha_service.sqlite"),
         SettingGroup(

@@ -127,6 +127,7 @@ class HaService:
             ],
             options.server,
             metrics=self.registry,
+            concurrency="asyncio",
         )
         self.server.add_shutdown_callback(self._close, "ha_service resources")
         self._closed = False

@@ -6,6 +6,7 @@ raised as xsha_common.errors.ServiceError.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -173,6 +174,16 @@ class PoolViewCache:
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[PoolView, float]] = {}
         self._generation = 0
+
+    def peek(self, cluster_id: str) -> PoolView | None:
+        """The cached view if there is a current one, without fetching."""
+        if self.ttl <= 0 or not self._live():
+            return None
+        with self._lock:
+            entry = self._entries.get(cluster_id)
+        if entry is not None and entry[1] > self._monotonic():
+            return entry[0]
+        return None
 
     def get(self, cluster_id: str, fetch: Callable[[], PoolView]) -> PoolView:
         if self.ttl <= 0 or not self._live():
@@ -456,7 +467,35 @@ class Handlers:
     def decide_vm_deployment(
         self, request: ha_service_pb2.DecideVmDeploymentRequest
     ) -> ha_service_pb2.DecideVmDeploymentResponse:
-        method = "DecideVmDeployment"
+        self._check_decision_request(request)
+        stored = self._stored_response("DecideVmDeployment", request.request_id)
+        if stored is not None:
+            return ha_service_pb2.DecideVmDeploymentResponse.FromString(stored)
+        view = self.pool_cache.get(request.cluster_id, lambda: self.pool_view(request.cluster_id))
+        response, decided = self._decisions.submit(self._decision_job(request, view))
+        if decided:
+            self.on_decision(request.cluster_id, request.instance_name)
+        return response
+
+    async def decide_vm_deployment_async(
+        self, request: ha_service_pb2.DecideVmDeploymentRequest
+    ) -> ha_service_pb2.DecideVmDeploymentResponse:
+        """`decide_vm_deployment` for the asyncio server: the caller's event loop never blocks. The group commit's
+        transaction, on its own thread, answers a repeated request id from its stored response; pool facts come
+        from the cache, or from sync_service on a worker thread."""
+        self._check_decision_request(request)
+        view = self.pool_cache.peek(request.cluster_id)
+        if view is None:
+            view = await asyncio.to_thread(
+                self.pool_cache.get, request.cluster_id, lambda: self.pool_view(request.cluster_id)
+            )
+        response, decided = await self._decisions.submit_async(self._decision_job(request, view))
+        if decided:
+            self.on_decision(request.cluster_id, request.instance_name)
+        return response
+
+    @staticmethod
+    def _check_decision_request(request: ha_service_pb2.DecideVmDeploymentRequest) -> None:
         check = Violations()
         check.cluster_id(request.cluster_id)
         check.instance_name(request.instance_name)
@@ -474,11 +513,8 @@ class Handlers:
                 check.add("hypervisor_version", "API version numbers cannot be negative")
         check.raise_if_any()
 
-        stored = self._stored_response(method, request.request_id)
-        if stored is not None:
-            return ha_service_pb2.DecideVmDeploymentResponse.FromString(stored)
-
-        view = self.pool_cache.get(request.cluster_id, lambda: self.pool_view(request.cluster_id))
+    @staticmethod
+    def _decision_job(request: ha_service_pb2.DecideVmDeploymentRequest, view: PoolView) -> _DecisionJob:
         extra_warnings: list[dm.HaWarning] = []
         unavailable_error: ServiceError | None = None
         request_version = (
@@ -505,7 +541,7 @@ class Handlers:
         verdict = view.verdict or _native_ha_verdict(
             cv.version_facts(request_version) if request_version is not None else None
         )
-        job = _DecisionJob(
+        return _DecisionJob(
             request=request,
             vm_type=cv.VM_TYPE_TO_DOMAIN[request.vm_type],
             verdict=verdict,
@@ -513,10 +549,6 @@ class Handlers:
             extra_warnings=extra_warnings,
             unavailable_error=unavailable_error,
         )
-        response, decided = self._decisions.submit(job)
-        if decided:
-            self.on_decision(request.cluster_id, request.instance_name)
-        return response
 
     def _decide_batch(self, jobs: Sequence[_DecisionJob]) -> list[_Decided | BaseException]:
         """Decides `jobs` in one transaction (one BEGIN/COMMIT, one settings read, one lookup of existing

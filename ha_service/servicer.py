@@ -1,11 +1,15 @@
 """HaPolicyService over gRPC: a thin layer over `Handlers` (validation, data plane and errors live there).
 
+Served by the asyncio server (`build_server(..., concurrency="asyncio")`): DecideVmDeployment, the hot path, is a
+coroutine; the other methods run on its worker threads.
+
 Migration RPCs go to `MigrationHandlers` (R8); without them they answer UNIMPLEMENTED (MIGRATIONS_NOT_IMPLEMENTED).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
@@ -56,10 +60,11 @@ class HaPolicyServicer(ha_service_pb2_grpc.HaPolicyServiceServicer):
     ) -> ha_service_pb2.ListClusterHaStatusesResponse:
         return self.handlers.list_cluster_ha_statuses(request)
 
-    def DecideVmDeployment(  # noqa: N802
-        self, request: ha_service_pb2.DecideVmDeploymentRequest, context: grpc.ServicerContext
+    async def DecideVmDeployment(  # noqa: N802
+        self, request: ha_service_pb2.DecideVmDeploymentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ha_service_pb2.DecideVmDeploymentResponse:
-        return self.handlers.decide_vm_deployment(request)
+        # A coroutine: on the asyncio server it waits for its group commit without holding a thread.
+        return await self.handlers.decide_vm_deployment_async(request)
 
     def GetManagedVm(  # noqa: N802
         self, request: ha_service_pb2.GetManagedVmRequest, context: grpc.ServicerContext

@@ -463,13 +463,17 @@ def host_port(value: Any) -> str | None:
 # --- the groups both services include ------------------------------------------------------------------------------
 
 
-def server_settings_group(default_listen_address: str, default_metrics_address: str = "") -> SettingGroup:
-    """The gRPC server settings every service has; read back with `ServerSettings.from_config(config)`."""
+def server_settings_group(
+    default_listen_address: str,
+    default_metrics_address: str = "",
+    workers_help: str = "Threads serving RPCs; each open watch stream holds one.",
+) -> SettingGroup:
+    """The gRPC server settings every service has; read back with `ServerSettings.from_config(config)`.
+    `workers_help` says what `max_workers` threads serve on this service's server."""
     settings = (
         Setting("listen_address", str, default_listen_address,
                 "gRPC listen address, host:port (port 0 picks a free port).", validator=host_port),
-        Setting("max_workers", int, 32,
-                "Threads serving RPCs; each open watch stream holds one.", validator=in_range(1, 4096)),
+        Setting("max_workers", int, 32, workers_help, validator=in_range(1, 4096)),
         Setting("tls_cert_file", Path, None,
                 "PEM server certificate (chain) for TLS; without it the server listens without TLS.",
                 validator=existing_file),

@@ -236,6 +236,27 @@ def decision_to_proto(row: ManagedVmRow) -> ha_service_pb2.VmDeploymentDecision:
     )
 
 
+def new_decision_to_proto(
+    values: Mapping[str, Any], vm_type: dm.VmType, decision: dm.DeploymentDecision, warnings: Iterable[dm.HaWarning]
+) -> ha_service_pb2.VmDeploymentDecision:
+    """`decision_to_proto` of a decision about to be stored as `values` (its row's columns), built from the domain
+    objects instead of the row: no JSON or enum round trip on the decision path."""
+    return ha_service_pb2.VmDeploymentDecision(
+        cluster_id=values["cluster_id"],
+        instance_name=values["instance_name"],
+        vm_uuid=values["vm_uuid"] or "",
+        vm_type=VM_TYPE_TO_PROTO[vm_type],
+        mode=MODE_TO_PROTO[decision.mode],
+        ha_restart_priority=decision.ha_restart_priority,
+        order=decision.order,
+        start_delay_seconds=decision.start_delay,
+        restarter=RESTARTER_TO_PROTO[decision.restarter],
+        warnings=warning_protos(warnings),
+        pinned_cluster=values["pinned_cluster"],
+        decide_time=timestamp(values["decide_time"]),
+    )
+
+
 def managed_vm_to_proto(row: ManagedVmRow) -> ha_service_pb2.ManagedVm:
     message = ha_service_pb2.ManagedVm(
         decision=decision_to_proto(row),

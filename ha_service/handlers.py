@@ -464,25 +464,12 @@ class Handlers:
 
     # --- deployment decisions ----------------------------------------------------------------------------------
 
-    def decide_vm_deployment(
+    async def decide_vm_deployment(
         self, request: ha_service_pb2.DecideVmDeploymentRequest
     ) -> ha_service_pb2.DecideVmDeploymentResponse:
-        self._check_decision_request(request)
-        stored = self._stored_response("DecideVmDeployment", request.request_id)
-        if stored is not None:
-            return ha_service_pb2.DecideVmDeploymentResponse.FromString(stored)
-        view = self.pool_cache.get(request.cluster_id, lambda: self.pool_view(request.cluster_id))
-        response, decided = self._decisions.submit(self._decision_job(request, view))
-        if decided:
-            self.on_decision(request.cluster_id, request.instance_name)
-        return response
-
-    async def decide_vm_deployment_async(
-        self, request: ha_service_pb2.DecideVmDeploymentRequest
-    ) -> ha_service_pb2.DecideVmDeploymentResponse:
-        """`decide_vm_deployment` for the asyncio server: the caller's event loop never blocks. The group commit's
-        transaction, on its own thread, answers a repeated request id from its stored response; pool facts come
-        from the cache, or from sync_service on a worker thread."""
+        """A coroutine that never blocks its event loop: the group commit's transaction, on its own thread, decides
+        (and answers a repeated request id from its stored response); pool facts come from the cache, or from
+        sync_service on a worker thread."""
         self._check_decision_request(request)
         view = self.pool_cache.peek(request.cluster_id)
         if view is None:
@@ -568,13 +555,16 @@ class Handlers:
                     alone.append(single_error)
             return alone
         results: list[_Decided | BaseException] = []
+        new_by_mode: dict[str, int] = {}
         for outcome, mode in outcomes:
             if isinstance(outcome, ServiceError):
                 results.append(outcome)
             else:
                 results.append((outcome, mode is not None))
                 if mode is not None:
-                    self.metrics.decisions.labels(mode=mode).inc()
+                    new_by_mode[mode] = new_by_mode.get(mode, 0) + 1
+        for mode, count in new_by_mode.items():
+            self.metrics.decisions.labels(mode=mode).inc(count)
         return results
 
     def _decide_together(
@@ -652,9 +642,10 @@ class Handlers:
                     pin = cast(ClusterPinRow, SimpleNamespace(**pin_values))
                     pins[request.cluster_id] = pin
                     pinned_now = True
-                values = self._managed_vm_values(job, decision, pinned_now, now)
+                warnings = [*job.verdict.warnings, *decision.warnings, *job.extra_warnings]
+                values = self._managed_vm_values(job, decision, warnings, pinned_now, now)
                 response = ha_service_pb2.DecideVmDeploymentResponse(
-                    decision=cv.decision_to_proto(cast(ManagedVmRow, SimpleNamespace(**values)))
+                    decision=cv.new_decision_to_proto(values, job.vm_type, decision, warnings)
                 )
                 new_vms.append(values)
                 decided[key] = response
@@ -686,11 +677,14 @@ class Handlers:
 
     @staticmethod
     def _managed_vm_values(
-        job: _DecisionJob, decision: dm.DeploymentDecision, pinned_now: bool, now: float
+        job: _DecisionJob,
+        decision: dm.DeploymentDecision,
+        warnings: Sequence[dm.HaWarning],
+        pinned_now: bool,
+        now: float,
     ) -> dict[str, Any]:
         """A new decision's ha_managed_vms row (the other columns take their defaults)."""
         request = job.request
-        warnings = list(job.verdict.warnings) + list(decision.warnings) + job.extra_warnings
         return {
             "cluster_id": request.cluster_id,
             "instance_name": request.instance_name,
@@ -757,7 +751,8 @@ class Handlers:
                         decision = self._decide(
                             request, job.vm_type, job.verdict, settings, overrides, winner, job.pool_ha
                         )
-                row = ManagedVmRow(**self._managed_vm_values(job, decision, pinned_now, now))
+                warnings = [*job.verdict.warnings, *decision.warnings, *job.extra_warnings]
+                row = ManagedVmRow(**self._managed_vm_values(job, decision, warnings, pinned_now, now))
                 try:
                     with session.begin_nested():
                         session.add(row)

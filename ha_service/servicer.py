@@ -64,7 +64,7 @@ class HaPolicyServicer(ha_service_pb2_grpc.HaPolicyServiceServicer):
         self, request: ha_service_pb2.DecideVmDeploymentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ha_service_pb2.DecideVmDeploymentResponse:
         # A coroutine: on the asyncio server it waits for its group commit without holding a thread.
-        return await self.handlers.decide_vm_deployment_async(request)
+        return await self.handlers.decide_vm_deployment(request)
 
     def GetManagedVm(  # noqa: N802
         self, request: ha_service_pb2.GetManagedVmRequest, context: grpc.ServicerContext

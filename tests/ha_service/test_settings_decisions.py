@@ -154,6 +154,8 @@ def test_sync_down_unavailable_unless_version_given(ha_sqlite, fake_sync: FakeSy
     decision = decide(ha_sqlite, "c1", "i-1-2-VM", version=VERSIONS["xs65"])
     assert decision.mode == NATIVE
     assert "SYNC_SERVICE_UNAVAILABLE" in [w.code for w in decision.warnings]
+    # Asked again, the answer is read back from its row: the same, warnings included, as the one built on deciding.
+    assert decide(ha_sqlite, "c1", "i-1-2-VM", version=VERSIONS["xs65"]) == decision
 
 
 def test_settings_update_refused_when_it_would_flip_a_pinned_cluster(ha_sqlite, fake_sync: FakeSync) -> None:

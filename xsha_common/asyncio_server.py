@@ -240,11 +240,12 @@ def _is_async(behaviour: Callable[..., Any]) -> bool:
 
 
 class _OffloadingGenericHandler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A generic handler whose methods are offloaded; each method's handler is adapted once (all on the loop)."""
+
     def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], offloader: _Offloader) -> None:
         self._inner = inner
         self._offloader = offloader
-        self._adapted: dict[str, MethodHandler | None] = {}
-        self._lock = threading.Lock()
+        self._adapted: dict[str, MethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> MethodHandler | None:
         method = handler_call_details.method
@@ -254,9 +255,7 @@ class _OffloadingGenericHandler(grpc.GenericRpcHandler):  # type: ignore[type-ar
         handler = self._inner.service(handler_call_details)
         if handler is None:
             return None
-        adapted = self._offloader.handler(handler)
-        with self._lock:
-            self._adapted[method] = adapted
+        adapted = self._adapted[method] = self._offloader.handler(handler)
         return adapted
 
 
@@ -292,7 +291,7 @@ class AsyncioBackend:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-asyncio", daemon=True)
         self._thread.start()
-        self.executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+        self._executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server: aio.Server = self._run(
             self._build(registrations, service_names, list(interceptors), list(options))
@@ -308,18 +307,18 @@ class AsyncioBackend:
         # Ours admit None from an interceptor (an unknown method), as grpc does; its stubs do not.
         grpc_interceptors: list[Any] = interceptors
         server = aio.server(interceptors=grpc_interceptors, options=options)
-        registrar = _Registrar(server, _Offloader(self.executor))
+        registrar = _Registrar(server, _Offloader(self._executor))
         for add_to_server, servicer in registrations:
             add_to_server(servicer, registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection((*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
         return server
 
-    def _run(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         """Runs `coroutine` on the loop and waits for its result (never from the loop thread itself)."""
         if threading.current_thread() is self._thread:
             raise RuntimeError("AsyncioBackend: called from its own event loop thread; await instead")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def add_port(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
         if credentials is None:
@@ -345,7 +344,7 @@ class AsyncioBackend:
         try:
             self._run(self._server.stop(grace))
         finally:
-            self.executor.shutdown(wait=False)
+            self._executor.shutdown(wait=False)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join()
             self._loop.close()

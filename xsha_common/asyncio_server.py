@@ -140,31 +140,20 @@ class _Offloader:
         self._executor = executor
 
     def handler(self, handler: MethodHandler) -> MethodHandler:
-        deserializer, serializer = handler.request_deserializer, handler.response_serializer
-        if handler.unary_unary is not None:
-            if _is_async(handler.unary_unary):
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler, self._unary, False),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler, self._stream, False),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler, self._unary, True),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler, self._stream, True),
+        )
+        for kind, make_handler, offload, streamed_requests in kinds:
+            behaviour = getattr(handler, kind)
+            if behaviour is None:
+                continue
+            if _is_async(behaviour):
                 return handler
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, streamed_requests=False), deserializer, serializer
-            )
-        if handler.unary_stream is not None:
-            if _is_async(handler.unary_stream):
-                return handler
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, streamed_requests=False), deserializer, serializer
-            )
-        if handler.stream_unary is not None:
-            if _is_async(handler.stream_unary):
-                return handler
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, streamed_requests=True), deserializer, serializer
-            )
-        if handler.stream_stream is not None:
-            if _is_async(handler.stream_stream):
-                return handler
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream(handler.stream_stream, streamed_requests=True), deserializer, serializer
-            )
+            offloaded = offload(behaviour, streamed_requests=streamed_requests)
+            return make_handler(offloaded, handler.request_deserializer, handler.response_serializer)
         raise ValueError("RpcMethodHandler has no behaviour")
 
     def _unary(self, behaviour: Callable[..., Any], *, streamed_requests: bool) -> Any:

@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeVar
 
 import grpc
 from grpc import aio
@@ -203,6 +204,97 @@ class WrappedHandlers:
         wrapped = wrap()
         self._entries[key] = (handler, wrapped)  # holding `handler` keeps its id from being reused
         return wrapped
+
+
+Started = TypeVar("Started")
+
+
+class CallObserver(Protocol[Started]):
+    """What an interceptor that only watches calls (metrics, access log) does: `start` when the behaviour begins,
+    `finish` once it returned, raised, or its response stream ended, with what `start` returned."""
+
+    def start(self, context: AnyContext) -> Started: ...
+
+    def finish(self, context: AnyContext, started: Started, error: BaseException | None) -> None: ...
+
+
+def observing_handler(handler: MethodHandler, observer: CallObserver[Any]) -> MethodHandler:
+    """`handler`, its every call seen by `observer` (thread-pool server)."""
+
+    def unary(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
+        started = observer.start(context)
+        error: BaseException | None = None
+        try:
+            return call()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observer.finish(context, started, error)
+
+    def stream(call: Callable[[], Iterator[Any]], context: grpc.ServicerContext) -> Iterator[Any]:
+        started = observer.start(context)
+        error: BaseException | None = None
+        try:
+            yield from call()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observer.finish(context, started, error)
+
+    return wrap_handler(handler, unary=unary, stream=stream)
+
+
+def observing_handler_async(handler: MethodHandler, observer: CallObserver[Any]) -> MethodHandler:
+    """`observing_handler` for the asyncio server."""
+
+    async def unary(call: Callable[[], Awaitable[Any]], context: aio.ServicerContext[Any, Any]) -> Any:
+        started = observer.start(context)
+        error: BaseException | None = None
+        try:
+            return await call()
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observer.finish(context, started, error)
+
+    async def stream(
+        call: Callable[[], AsyncIterator[Any]], context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        started = observer.start(context)
+        error: BaseException | None = None
+        try:
+            async with aclosing(call()) as responses:  # type: ignore[type-var]  # an async generator
+                async for response in responses:
+                    yield response
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observer.finish(context, started, error)
+
+    return wrap_handler_async(handler, unary=unary, stream=stream)
+
+
+class WrappingAsyncInterceptor(AsyncServerInterceptorBase):
+    """An asyncio interceptor that wraps each method's handler once (`wrap`) and serves the wrapper from then on."""
+
+    def __init__(self) -> None:
+        self._wrapped = WrappedHandlers()
+
+    async def intercept_service(
+        self, continuation: AsyncContinuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> MethodHandler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        return self._wrapped.get(method, handler, lambda: self.wrap(method, handler))
+
+    @abstractmethod
+    def wrap(self, method: str, handler: MethodHandler) -> MethodHandler: ...
 
 
 def rpc_type(handler: MethodHandler) -> str:

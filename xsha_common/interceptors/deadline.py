@@ -12,12 +12,10 @@ from grpc import aio
 from xsha_common.errors import deadline_exceeded
 from xsha_common.interceptors._handlers import (
     AnyContext,
-    AsyncContinuation,
-    AsyncServerInterceptorBase,
     Continuation,
     MethodHandler,
     ServerInterceptorBase,
-    WrappedHandlers,
+    WrappingAsyncInterceptor,
     end_with_status,
     seconds_remaining,
     wrap_handler,
@@ -67,19 +65,11 @@ class DeadlineInterceptor(ServerInterceptorBase):
         return wrap_handler(handler, unary=unary, stream=stream)
 
 
-class AsyncDeadlineInterceptor(AsyncServerInterceptorBase):
+class AsyncDeadlineInterceptor(WrappingAsyncInterceptor):
     """`DeadlineInterceptor` for the asyncio server."""
 
-    def __init__(self) -> None:
-        self._wrapped = WrappedHandlers()
-
-    async def intercept_service(
-        self, continuation: AsyncContinuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> MethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        return self._wrapped.get(handler_call_details.method, handler, lambda: _refusing_when_expired(handler))
+    def wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
+        return _refusing_when_expired(handler)
 
 
 def _refusing_when_expired(handler: MethodHandler) -> MethodHandler:

@@ -19,12 +19,10 @@ from xsha_common.db import is_transient_db_error
 from xsha_common.errors import ServiceError, unavailable
 from xsha_common.interceptors._handlers import (
     AnyContext,
-    AsyncContinuation,
-    AsyncServerInterceptorBase,
     Continuation,
     MethodHandler,
     ServerInterceptorBase,
-    WrappedHandlers,
+    WrappingAsyncInterceptor,
     context_request_id,
     end_with_status,
     final_status_code,
@@ -112,23 +110,14 @@ class ErrorMappingInterceptor(ServerInterceptorBase):
         return wrap_handler(handler, unary=unary, stream=stream)
 
 
-class AsyncErrorMappingInterceptor(AsyncServerInterceptorBase):
+class AsyncErrorMappingInterceptor(WrappingAsyncInterceptor):
     """`ErrorMappingInterceptor` for the asyncio server."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
+        super().__init__()
         self._logger = logger or logging.getLogger(ERRORS_LOGGER_NAME)
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self, continuation: AsyncContinuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> MethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler))
-
-    def _wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
+    def wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
         mapping = _ErrorMapping(self._logger, method)
 
         async def unary(call: Callable[[], Awaitable[Any]], context: aio.ServicerContext[Any, Any]) -> Any:

@@ -7,27 +7,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import aclosing
 from typing import Any, NamedTuple
 
 import grpc
-from grpc import aio
 from grpc_health.v1 import health
 
 from xsha_common.interceptors._handlers import (
     AnyContext,
-    AsyncContinuation,
-    AsyncServerInterceptorBase,
     Continuation,
     MethodHandler,
     ServerInterceptorBase,
-    WrappedHandlers,
+    WrappingAsyncInterceptor,
     context_request_id,
     final_status_code,
+    observing_handler,
+    observing_handler_async,
     split_method,
-    wrap_handler,
-    wrap_handler_async,
 )
 
 ACCESS_LOGGER_NAME = "xsha.access"
@@ -47,7 +42,7 @@ class _CallStart(NamedTuple):
 
 
 class _CallLog:
-    """The access record of one call, written once it ended.
+    """The access record of one call, written once it ended: a `CallObserver`.
 
     What the record needs of the call is read when it starts: grpc's asyncio context must not be asked for its
     peer or metadata once the call is over (a cancelled stream's record is written after that, and grpc 1.85
@@ -62,7 +57,7 @@ class _CallLog:
     def start(context: AnyContext) -> _CallStart:
         return _CallStart(time.monotonic(), context.peer(), context_request_id(context))
 
-    def write(self, context: AnyContext, start: _CallStart, error: BaseException | None) -> None:
+    def finish(self, context: AnyContext, start: _CallStart, error: BaseException | None) -> None:
         code = final_status_code(context, error)
         quiet_level = logging.DEBUG if self._quiet else logging.INFO
         level = logging.WARNING if code in _SERVER_FAULT_CODES else quiet_level
@@ -89,76 +84,15 @@ class AccessLogInterceptor(ServerInterceptorBase):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        call_log = _CallLog(self._logger, handler_call_details.method)
-
-        def unary(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
-            start = call_log.start(context)
-            error: BaseException | None = None
-            try:
-                return call()
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                call_log.write(context, start, error)
-
-        def stream(call: Callable[[], Iterator[Any]], context: grpc.ServicerContext) -> Iterator[Any]:
-            start = call_log.start(context)
-            error: BaseException | None = None
-            try:
-                yield from call()
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                call_log.write(context, start, error)
-
-        return wrap_handler(handler, unary=unary, stream=stream)
+        return observing_handler(handler, _CallLog(self._logger, handler_call_details.method))
 
 
-class AsyncAccessLogInterceptor(AsyncServerInterceptorBase):
+class AsyncAccessLogInterceptor(WrappingAsyncInterceptor):
     """`AccessLogInterceptor` for the asyncio server."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
+        super().__init__()
         self._logger = logger or logging.getLogger(ACCESS_LOGGER_NAME)
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self, continuation: AsyncContinuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> MethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler))
-
-    def _wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
-        call_log = _CallLog(self._logger, method)
-
-        async def unary(call: Callable[[], Awaitable[Any]], context: aio.ServicerContext[Any, Any]) -> Any:
-            start = call_log.start(context)
-            error: BaseException | None = None
-            try:
-                return await call()
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                call_log.write(context, start, error)
-
-        async def stream(
-            call: Callable[[], AsyncIterator[Any]], context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            start = call_log.start(context)
-            error: BaseException | None = None
-            try:
-                async with aclosing(call()) as responses:  # type: ignore[type-var]  # an async generator
-                    async for response in responses:
-                        yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                call_log.write(context, start, error)
-
-        return wrap_handler_async(handler, unary=unary, stream=stream)
+    def wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
+        return observing_handler_async(handler, _CallLog(self._logger, method))

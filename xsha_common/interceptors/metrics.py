@@ -3,32 +3,26 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import aclosing
-from typing import Any
 
 import grpc
-from grpc import aio
 
 from xsha_common.interceptors._handlers import (
     AnyContext,
-    AsyncContinuation,
-    AsyncServerInterceptorBase,
     Continuation,
     MethodHandler,
     ServerInterceptorBase,
-    WrappedHandlers,
+    WrappingAsyncInterceptor,
     final_status_code,
+    observing_handler,
+    observing_handler_async,
     rpc_type,
     split_method,
-    wrap_handler,
-    wrap_handler_async,
 )
 from xsha_common.metrics import RpcMetrics
 
 
 class _CallMetrics:
-    """The started/handled/latency series of one method; `finish` runs once the call ended."""
+    """The started/handled/latency series of one method: a `CallObserver`."""
 
     def __init__(self, metrics: RpcMetrics, full_method: str, handler: MethodHandler) -> None:
         service, method = split_method(full_method)
@@ -36,7 +30,7 @@ class _CallMetrics:
         self._labels = (service, method, kind)
         self._metrics = metrics
 
-    def start(self) -> float:
+    def start(self, context: AnyContext) -> float:
         self._metrics.started.labels(*self._labels).inc()
         return time.monotonic()
 
@@ -56,76 +50,15 @@ class MetricsInterceptor(ServerInterceptorBase):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        call_metrics = _CallMetrics(self._metrics, handler_call_details.method, handler)
-
-        def unary(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
-            started = call_metrics.start()
-            error: BaseException | None = None
-            try:
-                return call()
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                call_metrics.finish(context, started, error)
-
-        def stream(call: Callable[[], Iterator[Any]], context: grpc.ServicerContext) -> Iterator[Any]:
-            started = call_metrics.start()
-            error: BaseException | None = None
-            try:
-                yield from call()
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                call_metrics.finish(context, started, error)
-
-        return wrap_handler(handler, unary=unary, stream=stream)
+        return observing_handler(handler, _CallMetrics(self._metrics, handler_call_details.method, handler))
 
 
-class AsyncMetricsInterceptor(AsyncServerInterceptorBase):
+class AsyncMetricsInterceptor(WrappingAsyncInterceptor):
     """`MetricsInterceptor` for the asyncio server."""
 
     def __init__(self, metrics: RpcMetrics) -> None:
+        super().__init__()
         self._metrics = metrics
-        self._wrapped = WrappedHandlers()
 
-    async def intercept_service(
-        self, continuation: AsyncContinuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> MethodHandler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        return self._wrapped.get(method, handler, lambda: self._wrap(method, handler))
-
-    def _wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
-        call_metrics = _CallMetrics(self._metrics, method, handler)
-
-        async def unary(call: Callable[[], Awaitable[Any]], context: aio.ServicerContext[Any, Any]) -> Any:
-            started = call_metrics.start()
-            error: BaseException | None = None
-            try:
-                return await call()
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                call_metrics.finish(context, started, error)
-
-        async def stream(
-            call: Callable[[], AsyncIterator[Any]], context: aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            started = call_metrics.start()
-            error: BaseException | None = None
-            try:
-                async with aclosing(call()) as responses:  # type: ignore[type-var]  # an async generator
-                    async for response in responses:
-                        yield response
-            except BaseException as exc:
-                error = exc
-                raise
-            finally:
-                call_metrics.finish(context, started, error)
-
-        return wrap_handler_async(handler, unary=unary, stream=stream)
+    def wrap(self, method: str, handler: MethodHandler) -> MethodHandler:
+        return observing_handler_async(handler, _CallMetrics(self._metrics, method, handler))

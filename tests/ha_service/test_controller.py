@@ -154,6 +154,9 @@ def test_native_restart_overdue_after_grace(ha, fake_sync: FakeSync, clock: Manu
     wait_for(lambda: managed(ha, "nat", "i-3-1-VM").protection_state == ha_service_pb2.PROTECTION_STATE_PROTECTED)
     fake_sync.set_host_live(h1, False)
     fake_sync.set_vm(vm, running_on="")  # reset to Halted, never restarted (no capacity)
+    # The change reaches the controller over its watch stream: wait until it is applied (the VM is down from now),
+    # not just until the work queued so far is done, or the clock below could move before the VM went down.
+    wait_for(lambda: managed(ha, "nat", "i-3-1-VM").observed_power_state == common_pb2.XAPI_POWER_STATE_HALTED)
     ha.controller.wait_processed()
     watcher = Watcher(ha)
     kind = ha_service_pb2.HA_NOTIFICATION_KIND_HA_RESTART_OVERDUE

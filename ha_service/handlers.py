@@ -49,8 +49,8 @@ from ha_service.store.models import (
 from ha_service.sync_client import SyncClient, SyncError, SyncNotFoundError, SyncUnavailableError
 from ha_service.validation import Violations
 from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
-from xsha_common.bulk_write import BulkWriter
 from xsha_common.db import is_transient_db_error, retry_transient, write_transaction
+from xsha_common.driver_sql import DriverSql, InListQuery
 from xsha_common.errors import ServiceError, aborted, failed_precondition, not_found, unavailable
 from xsha_common.group_commit import GroupCommit
 
@@ -258,16 +258,22 @@ _PIN_OF: Final = select(_PINS_TABLE).where(_PINS_TABLE.c.cluster_id == bindparam
 _REQUESTS_TABLE: Final = cast(Table, RequestRow.__table__)
 _INSERT_MANAGED_VM: Final = insert(_MANAGED_VMS)
 _INSERT_REQUEST: Final = insert(_REQUESTS_TABLE)
-_STORED_RESPONSES: Final = select(_REQUESTS_TABLE.c.request_id, _REQUESTS_TABLE.c.response).where(
-    _REQUESTS_TABLE.c.method == bindparam("method"),
-    _REQUESTS_TABLE.c.request_id.in_(bindparam("request_ids", expanding=True)),
-)
 _STORED_RESPONSE: Final = select(_REQUESTS_TABLE.c.response).where(
     _REQUESTS_TABLE.c.method == bindparam("method"), _REQUESTS_TABLE.c.request_id == bindparam("request_id")
 )
-_EXISTING_DECISIONS: Final = select(*_DECISION_COLUMNS).where(
-    _MANAGED_VMS.c.cluster_id == bindparam("cluster_id"),
-    _MANAGED_VMS.c.instance_name.in_(bindparam("names", expanding=True)),
+_INSERT_PIN: Final = insert(_PINS_TABLE)
+# The group's lookups by IN list, run as driver SQL (see xsha_common.driver_sql).
+_STORED_RESPONSES: Final = InListQuery(
+    lambda ids: select(_REQUESTS_TABLE.c.request_id, _REQUESTS_TABLE.c.response).where(
+        _REQUESTS_TABLE.c.method == bindparam("method"), _REQUESTS_TABLE.c.request_id.in_(ids)
+    ),
+    "request_id",
+)
+_EXISTING_DECISIONS: Final = InListQuery(
+    lambda names: select(*_DECISION_COLUMNS).where(
+        _MANAGED_VMS.c.cluster_id == bindparam("cluster_id"), _MANAGED_VMS.c.instance_name.in_(names)
+    ),
+    "instance_name",
 )
 
 
@@ -288,7 +294,7 @@ class Handlers:
     pool_cache: PoolViewCache = field(default_factory=PoolViewCache)
     _decisions: GroupCommit[_DecisionJob, _Decided] = field(init=False, repr=False)
     _engine: Engine = field(init=False, repr=False)
-    _bulk: BulkWriter = field(init=False, repr=False)
+    _sql: DriverSql = field(init=False, repr=False)
     _overrides_cache: tuple[int, Mapping[str, bool]] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -297,7 +303,7 @@ class Handlers:
         if not isinstance(engine, Engine):
             raise TypeError("Handlers needs a sessionmaker bound to an Engine")
         self._engine = engine
-        self._bulk = BulkWriter(engine.dialect)
+        self._sql = DriverSql(engine.dialect)
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -577,10 +583,11 @@ class Handlers:
         with write_transaction(self._engine) as connection:
             # A shared lock on the settings row: concurrent decisions proceed together, a concurrent
             # UpdateSettings (exclusive lock) waits, so a pin is always made from the settings it was checked on.
-            # Core rows, not ORM objects, statements built once and a Core transaction (no Session), on this path:
-            # under load most groups hold one or two decisions, so the per-transaction and per-statement work of the
-            # ORM was most of a decision. The rows carry the model's attribute names.
-            settings_row = cast(SettingsRow, connection.execute(_SETTINGS_SHARED).one())
+            # Driver SQL compiled once (xsha_common.driver_sql) in a Core transaction, not the ORM: under load most
+            # groups hold one or two decisions, so the per-transaction and per-statement work of the ORM, and then
+            # of Connection.execute, was most of a decision. The rows carry the model's attribute names.
+            sql = self._sql
+            settings_row = cast(SettingsRow, sql.fetch_one(connection, _SETTINGS_SHARED))
             settings = settings_from_row(settings_row)
             overrides = self._overrides_at(connection, settings_row.version)
             decided: dict[tuple[str, str], ha_service_pb2.DecideVmDeploymentResponse] = {}
@@ -588,19 +595,16 @@ class Handlers:
             for job in jobs:
                 names_by_cluster.setdefault(job.request.cluster_id, set()).add(job.request.instance_name)
             for cluster_id, names in names_by_cluster.items():
-                for existing in connection.execute(
-                    _EXISTING_DECISIONS, {"cluster_id": cluster_id, "names": sorted(names)}
-                ):
+                query, values = _EXISTING_DECISIONS.bind(sorted(names), cluster_id=cluster_id)
+                for existing in sql.fetch(connection, query, values):
                     decided[(cluster_id, existing.instance_name)] = ha_service_pb2.DecideVmDeploymentResponse(
                         decision=cv.decision_to_proto(cast(ManagedVmRow, existing))
                     )
             request_ids = sorted({job.request.request_id for job in jobs if job.request.request_id})
             stored: dict[str, bytes] = {}
             if request_ids:
-                stored = {
-                    row.request_id: row.response
-                    for row in connection.execute(_STORED_RESPONSES, {"method": method, "request_ids": request_ids})
-                }
+                query, values = _STORED_RESPONSES.bind(request_ids, method=method)
+                stored = {row.request_id: row.response for row in sql.fetch(connection, query, values)}
             pins: dict[str, ClusterPinRow | None] = {}  # rows with ClusterPinRow's attributes
             new_vms: list[dict[str, Any]] = []
             new_requests: list[dict[str, Any]] = []
@@ -619,7 +623,7 @@ class Handlers:
                     outcomes.append((job.unavailable_error, None))
                     continue
                 if request.cluster_id not in pins:
-                    pin_row = connection.execute(_PIN_OF, {"cluster_id": request.cluster_id}).one_or_none()
+                    pin_row = sql.fetch_optional(connection, _PIN_OF, {"cluster_id": request.cluster_id})
                     pins[request.cluster_id] = cast(ClusterPinRow | None, pin_row)
                 pin = pins[request.cluster_id]
                 try:
@@ -638,7 +642,7 @@ class Handlers:
                         "migration_id": None,
                     }
                     # A concurrent replica's pin makes this raise: the batch is then decided job by job.
-                    connection.execute(insert(_PINS_TABLE), pin_values)
+                    sql.executemany(connection, _INSERT_PIN, [pin_values])
                     pin = cast(ClusterPinRow, SimpleNamespace(**pin_values))
                     pins[request.cluster_id] = pin
                     pinned_now = True
@@ -659,9 +663,9 @@ class Handlers:
             # Duplicates (a concurrent replica decided the same VM or request) raise: the batch goes one by one.
             # Through the driver: SQLAlchemy's building of every row's parameters was a visible share of a decision.
             if new_vms:
-                self._bulk.executemany(connection, _INSERT_MANAGED_VM, new_vms)
+                sql.executemany(connection, _INSERT_MANAGED_VM, new_vms)
             if new_requests:
-                self._bulk.executemany(connection, _INSERT_REQUEST, new_requests)
+                sql.executemany(connection, _INSERT_REQUEST, new_requests)
         return outcomes
 
     def _overrides_at(self, connection: Connection, settings_version: int) -> Mapping[str, bool]:
@@ -671,7 +675,7 @@ class Handlers:
         cached = self._overrides_cache
         if cached is not None and cached[0] == settings_version:
             return cached[1]
-        overrides = {cluster: enabled for cluster, enabled in connection.execute(_ALL_OVERRIDES)}
+        overrides = {row.cluster_id: row.native_ha_enabled for row in self._sql.fetch(connection, _ALL_OVERRIDES)}
         self._overrides_cache = (settings_version, overrides)
         return overrides
 

@@ -68,8 +68,8 @@ from sync_service.store.models import (
     VmRow,
 )
 from sync_service.store.row_cache import RowCache
-from xsha_common.bulk_write import BulkWriter
 from xsha_common.db import backend_of, is_transient_db_error, make_sessionmaker, write_transaction
+from xsha_common.driver_sql import DriverSql
 from xsha_common.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
@@ -615,7 +615,7 @@ class Repository:
         self.backend = backend_of(engine)
         self._on_write = on_write
         self._batch_writes: GroupCommit[Batch, BatchResult] = GroupCommit(self._write_group)
-        self._bulk = BulkWriter(engine.dialect)
+        self._sql = DriverSql(engine.dialect)
         # The VM rows of the last batches, by (cluster id, uuid): an event batch reads whole only the rows changed
         # since (on MariaDB, reading the batch's rows back was a quarter of the committing thread at 10,000
         # changes/s, most of it PyMySQL decoding each column in Python).
@@ -688,7 +688,7 @@ class Repository:
             revision += 1
         self._upsert(session, VmRow, vm_updates, row_ids["vm"] if row_ids is not None else None, stored_vm_names)
         self._upsert(session, HostRow, host_updates, row_ids["host"] if row_ids is not None else None)
-        self._bulk.executemany(session.connection(), _INSERT_CHANGES, log_rows)
+        self._sql.executemany(session.connection(), _INSERT_CHANGES, log_rows)
         return revision - 1
 
     def _upsert(
@@ -743,15 +743,15 @@ class Repository:
         # One executemany per set of keys (a VM row carries xapi_ref only when the batch knows it).
         insert_rows, update_rows = _row_writes(table)
         for group in _by_keys(inserts):
-            self._bulk.executemany(connection, insert_rows, group)
+            self._sql.executemany(connection, insert_rows, group)
         for group in _by_keys(updates):
             if self.backend == "mysql":
                 # PyMySQL sends an UPDATE executemany as one round trip per row, but an INSERT as one multi-row
                 # statement: rows that exist (same primary key) are updated by ON DUPLICATE KEY UPDATE.
                 keys = tuple(key for key in group[0] if key != "row_id")
-                self._bulk.executemany(connection, _mysql_update_by_id(table, keys), [_with_id(row) for row in group])
+                self._sql.executemany(connection, _mysql_update_by_id(table, keys), [_with_id(row) for row in group])
             else:
-                self._bulk.executemany(connection, update_rows, group)
+                self._sql.executemany(connection, update_rows, group)
 
     def _commit_hook(self, last_revision: int) -> None:
         if last_revision:

@@ -1,0 +1,291 @@
+"""DriverSql: an executemany through the driver stores exactly what `Connection.execute` stores, and a read returns
+what it returns and raises what it raises, on every backend."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Double,
+    Engine,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Select,
+    String,
+    Table,
+    bindparam,
+    event,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
+
+from xsha_common.db import create_engine_for, is_transient_db_error
+from xsha_common.driver_sql import DriverSql, InListQuery, compile_for_driver, compile_query_for_driver
+
+metadata = MetaData()
+things = Table(
+    "bulk_things",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(64)),
+    Column("ref", String(64), default="none"),
+    Column("size", BigInteger),
+    Column("flag", Boolean),
+    Column("seen", DateTime, nullable=True),
+    Column("blob", LargeBinary),
+    Column("weight", Double, nullable=True),
+)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = create_engine_for(db_url, pool_size=2)
+    metadata.create_all(engine)
+    yield engine
+    metadata.drop_all(engine)
+    engine.dispose()
+
+
+def _rows(count: int, when: dt.datetime, offset: int = 0) -> list[dict[str, Any]]:
+    # One timestamp shared by many rows (as a batch's is), some distinct, and None.
+    return [
+        {
+            "name": f"thing-{offset + i}",
+            "size": (offset + i) * 1_000_000_007,
+            "flag": i % 3 == 0,
+            "seen": None if i % 5 == 4 else when if i % 2 else when + dt.timedelta(microseconds=i),
+            "blob": bytes([i % 256]) * 3,
+            "weight": None if i % 4 == 3 else i * 1.25,
+        }
+        for i in range(count)
+    ]
+
+
+def _stored(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(select(things).order_by(things.c.id))]
+
+
+def _raw_seen(engine: Engine) -> list[Any]:
+    """The timestamps as the database holds them (on SQLite, the text SQLAlchemy formats, which queries compare)."""
+    with engine.connect() as connection:
+        return [row[0] for row in connection.execute(text("SELECT seen FROM bulk_things ORDER BY id"))]
+
+
+def test_inserts_and_updates_store_what_connection_execute_stores(engine: Engine) -> None:
+    when = dt.datetime(2026, 11, 26, 15, 4, 5, 0)  # microsecond 0: the format must still carry ".000000"
+    writer = DriverSql(engine.dialect)
+    with engine.begin() as connection:
+        connection.execute(insert(things), _rows(12, when))
+    expected, expected_raw = _stored(engine), _raw_seen(engine)
+    with engine.begin() as connection:
+        connection.execute(things.delete())
+        writer.executemany(connection, insert(things), _rows(12, when))
+    assert [row[1:] for row in _stored(engine)] == [row[1:] for row in expected]  # ids aside: new rows, new ids
+    expected = _stored(engine)
+    assert _raw_seen(engine) == expected_raw
+    assert all(row[2] == "none" for row in expected)  # the column default filled the bind no row carried
+
+    by_id = update(things).where(things.c.id == bindparam("row_id"))
+    later = when + dt.timedelta(hours=1)
+    changes = [{"row_id": row[0], "name": f"renamed-{row[0]}", "flag": not row[4], "seen": later} for row in expected]
+    with engine.begin() as connection:
+        writer.executemany(connection, by_id, changes)
+    stored = _stored(engine)
+    wanted = [(f"renamed-{row[0]}", not row[4], later) for row in expected]
+    assert [(row[1], row[4], row[5]) for row in stored] == wanted
+    assert [row[3] for row in stored] == [row[3] for row in expected]  # columns no row named are left alone
+
+
+def test_a_statement_is_compiled_once_per_set_of_keys(engine: Engine) -> None:
+    writer = DriverSql(engine.dialect)
+    statement = insert(things)
+    first = writer.compiled(statement, ("name", "size"))
+    assert writer.compiled(statement, ("name", "size")) is first
+    assert writer.compiled(statement, ("name", "size", "flag")) is not first
+
+
+def test_equal_values_in_a_column_are_processed_once() -> None:
+    when = dt.datetime(2026, 11, 26, 15, 4, 5, 123456)
+    compiled = compile_for_driver(insert(things), ("name", "seen"), sqlite.dialect())
+    calls: list[Any] = []
+    position, name, process = next(p for p in compiled.processors if p[1] == "seen")
+
+    def counting(value: Any) -> Any:
+        calls.append(value)
+        return process(value)
+
+    counted = type(compiled)(
+        compiled.sql, compiled.names, compiled.positional, ((position, name, counting),), compiled.constants
+    )
+    rows: list[dict[str, Any]] = [{"name": "a", "seen": when}, {"name": "b", "seen": when}, {"name": "c", "seen": None}]
+    rows.append({"name": "d", "seen": when.replace(microsecond=1)})
+    parameters = counted.parameters(rows)
+    assert calls == [when, when.replace(microsecond=1)]
+    assert [values[position] for values in parameters] == [
+        "2026-11-26 15:04:05.123456",
+        "2026-11-26 15:04:05.123456",
+        None,
+        "2026-11-26 15:04:05.000001",
+    ]
+
+
+def test_statements_a_driver_executemany_cannot_run_are_refused() -> None:
+    with pytest.raises(ValueError, match="expanding"):
+        compile_for_driver(
+            update(things).where(things.c.name.in_(bindparam("names", expanding=True))),
+            ("size", "names"),
+            sqlite.dialect(),
+        )
+    with pytest.raises(ValueError, match="'size_is' is in no row"):
+        compile_for_driver(update(things).where(things.c.size == bindparam("size_is")), ("name",), sqlite.dialect())
+
+
+def _filled(engine: Engine, count: int = 12) -> None:
+    with engine.begin() as connection:
+        connection.execute(insert(things), _rows(count, dt.datetime(2026, 11, 27, 6, 7, 8, 90)))
+
+
+def test_a_read_returns_what_connection_execute_returns(engine: Engine) -> None:
+    _filled(engine)
+    sql = DriverSql(engine.dialect)
+    queries: list[tuple[Select[Any], dict[str, Any]]] = [
+        (select(things).order_by(things.c.id), {}),
+        (select(things.c.name, things.c.flag, things.c.seen).where(things.c.size > bindparam("above")), {"above": 3e9}),
+        (select(things.c.id, things.c.weight).where(things.c.flag == True).order_by(things.c.id), {}),  # noqa: E712
+        (select(things.c.blob).where(things.c.name == bindparam("name")), {"name": "thing-4"}),
+    ]
+    with engine.connect() as connection:
+        for query, values in queries:
+            expected = connection.execute(query, values).all()
+            rows = sql.fetch(connection, query, values)
+            assert [tuple(row) for row in rows] == [tuple(row) for row in expected]
+            assert [type(value) for row in rows for value in row] == [type(v) for row in expected for v in row]
+            assert rows[0]._fields == tuple(query.selected_columns.keys())
+            assert rows[0].__class__ is sql.fetch(connection, query, values)[0].__class__  # compiled once
+        flags = [row.flag for row in sql.fetch(connection, queries[0][0])]
+    assert {type(flag) for flag in flags} == {bool}  # an integer column on SQLite and MySQL, read back as bool
+    assert set(flags) == {True, False}
+
+
+def test_one_and_optional_raise_as_sqlalchemy_results_do(engine: Engine) -> None:
+    _filled(engine, 3)
+    sql = DriverSql(engine.dialect)
+    by_name = select(things.c.id).where(things.c.name == bindparam("name"))
+    everything = select(things.c.id)
+    with engine.connect() as connection:
+        assert sql.fetch_one(connection, by_name, {"name": "thing-1"}).id == 2
+        assert sql.fetch_optional(connection, by_name, {"name": "thing-9"}) is None
+        with pytest.raises(NoResultFound):
+            sql.fetch_one(connection, by_name, {"name": "thing-9"})
+        with pytest.raises(MultipleResultsFound):
+            sql.fetch_one(connection, everything)
+        with pytest.raises(MultipleResultsFound):
+            sql.fetch_optional(connection, everything)
+        with pytest.raises(ValueError, match="no value for bind parameter"):
+            sql.fetch(connection, by_name)
+
+
+def test_an_in_list_gives_the_rows_an_expanding_in_gives_with_a_form_per_power_of_two(engine: Engine) -> None:
+    _filled(engine, 20)
+    sql = DriverSql(engine.dialect)
+    names = InListQuery(
+        lambda slots: (
+            select(things.c.id, things.c.name)
+            .where(things.c.flag == bindparam("flag"), things.c.name.in_(slots))
+            .order_by(things.c.id)
+        ),
+        "name",
+    )
+    expanding = (
+        select(things.c.id, things.c.name)
+        .where(things.c.flag == bindparam("flag"), things.c.name.in_(bindparam("names", expanding=True)))
+        .order_by(things.c.id)
+    )
+    forms = set()
+    with engine.connect() as connection:
+        for count in range(1, 18):
+            wanted = [f"thing-{i}" for i in range(1, 2 * count, 2)]
+            query, values = names.bind(wanted[:count], flag=False)
+            forms.add(query)
+            rows = sql.fetch(connection, query, values)
+            expected = connection.execute(expanding, {"names": wanted[:count], "flag": False}).all()
+            assert [tuple(row) for row in rows] == [tuple(row) for row in expected]
+            assert rows  # every list holds at least one unflagged thing
+    assert len(forms) == 6  # 1, 2, 4, 8, 16 and 32 slots
+    with pytest.raises(ValueError, match="at least one value"):
+        names.bind([], flag=False)
+
+
+def test_queries_driver_sql_cannot_run_are_refused() -> None:
+    with pytest.raises(ValueError, match="expanding"):
+        compile_query_for_driver(
+            select(things.c.id).where(things.c.name.in_(bindparam("names", expanding=True))), sqlite.dialect()
+        )
+    with pytest.raises(ValueError, match="distinct plain names"):
+        compile_query_for_driver(select(things.c.id, things.c.size + 1), sqlite.dialect())
+
+
+def test_a_driver_error_is_raised_as_sqlalchemy_raises_it(engine: Engine) -> None:
+    sql = DriverSql(engine.dialect)
+    missing = Table("bulk_no_such_table", MetaData(), Column("id", Integer, primary_key=True))
+    with engine.connect() as connection:
+        with pytest.raises(DBAPIError) as raised:
+            sql.fetch(connection, select(missing.c.id))
+        assert isinstance(raised.value.orig, engine.dialect.loaded_dbapi.Error)
+        assert "bulk_no_such_table" in str(raised.value)
+        assert not raised.value.connection_invalidated
+        assert not is_transient_db_error(raised.value)
+    with engine.connect() as connection, pytest.raises(IntegrityError):
+        sql.executemany(connection, insert(things), [{"id": 1, "name": "a"}, {"id": 1, "name": "b"}])
+
+
+def test_a_dead_connection_is_invalidated_and_its_error_is_transient(engine: Engine) -> None:
+    sql = DriverSql(engine.dialect)
+    _filled(engine, 2)
+    with engine.connect() as connection:
+        connection.connection.dbapi_connection.close()  # type: ignore[union-attr]  # the link dies under the pool
+        with pytest.raises(DBAPIError) as raised:
+            sql.fetch(connection, select(things.c.id))
+        assert raised.value.connection_invalidated
+        assert connection.invalidated
+        assert is_transient_db_error(raised.value)
+    with engine.connect() as connection:  # the pool hands out a working connection again
+        assert len(sql.fetch(connection, select(things.c.id))) == 2
+
+
+def test_cursor_listeners_see_driver_statements(engine: Engine) -> None:
+    _filled(engine, 4)
+    sql = DriverSql(engine.dialect)
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    query = select(things.c.id, things.c.flag).order_by(things.c.id)
+    with engine.connect() as connection:
+        plain = sql.fetch(connection, query)
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with engine.begin() as connection:
+            listened = sql.fetch(connection, query)
+            sql.executemany(connection, insert(things), _rows(2, dt.datetime(2026, 11, 27), offset=50))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert listened == plain
+    assert [statement.split()[0].upper() for statement in seen if not statement.upper().startswith("BEGIN")] == [
+        "SELECT",
+        "INSERT",
+    ]

@@ -110,7 +110,8 @@ class CliProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, **env},
+            # So a child that hangs can be made to print every thread's stack (see `interrupt`).
+            env={**os.environ, **env, "PYTHONFAULTHANDLER": "1"},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -136,9 +137,23 @@ class CliProcess:
             )
 
     def interrupt(self, timeout: float = 15.0) -> int:
-        """Ctrl-C, as an operator ends a watch; the exit code."""
+        """Ctrl-C, as an operator ends a watch; the exit code. A child still running after `timeout` is aborted
+        (its fault handler prints every thread's stack) and the failure carries that stack and its output."""
         self.process.send_signal(signal.SIGINT)
-        code = self.process.wait(timeout)
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            stderr = self.process.stderr.read() if self.process.stderr else ""  # stdout is the reader thread's
+            raise AssertionError(
+                f"xsha did not exit within {timeout:.0f} s of Ctrl-C; its threads when aborted:\n{stderr}\n"
+                f"output:\n{self.output()}"
+            ) from None
         self._reader.join(5)
         return code
 

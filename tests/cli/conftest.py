@@ -99,6 +99,15 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         yield Services(sim, sync, ha, env)
 
 
+# `python -m xsha_cli` with Ctrl-C's default handler, as an operator's interactive shell leaves it. A test run started
+# as a background job inherits SIGINT ignored (POSIX shells ignore it for background jobs when job control is off),
+# and Python started with SIGINT ignored installs no KeyboardInterrupt handler: the watches would never see Ctrl-C.
+_RUN_CLI_WITH_CTRL_C = (
+    "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "runpy.run_module('xsha_cli', run_name='__main__', alter_sys=True)"
+)
+
+
 class CliProcess:
     """`python -m xsha_cli ...` as a child process whose stdout lines are collected by a thread (for watches)."""
 
@@ -106,7 +115,7 @@ class CliProcess:
         self.lines: list[str] = []
         self._lock = threading.Lock()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "xsha_cli", *args],
+            [sys.executable, "-c", _RUN_CLI_WITH_CTRL_C, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

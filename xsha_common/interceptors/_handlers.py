@@ -218,30 +218,34 @@ class CallObserver(Protocol[Started]):
     def finish(self, context: AnyContext, started: Started, error: BaseException | None) -> None: ...
 
 
+class _Observed:
+    """One call as its observer sees it: `start` on creation, `finish` on leaving the `with`, with the exception
+    the call left by (None when it returned or its stream ended)."""
+
+    __slots__ = ("_context", "_observer", "_started")
+
+    def __init__(self, observer: CallObserver[Any], context: AnyContext) -> None:
+        self._observer = observer
+        self._context = context
+        self._started = observer.start(context)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _type: type[BaseException] | None, error: BaseException | None, _traceback: Any) -> None:
+        self._observer.finish(self._context, self._started, error)
+
+
 def observing_handler(handler: MethodHandler, observer: CallObserver[Any]) -> MethodHandler:
     """`handler`, its every call seen by `observer` (thread-pool server)."""
 
     def unary(call: Callable[[], Any], context: grpc.ServicerContext) -> Any:
-        started = observer.start(context)
-        error: BaseException | None = None
-        try:
+        with _Observed(observer, context):
             return call()
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            observer.finish(context, started, error)
 
     def stream(call: Callable[[], Iterator[Any]], context: grpc.ServicerContext) -> Iterator[Any]:
-        started = observer.start(context)
-        error: BaseException | None = None
-        try:
+        with _Observed(observer, context):
             yield from call()
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            observer.finish(context, started, error)
 
     return wrap_handler(handler, unary=unary, stream=stream)
 
@@ -250,30 +254,16 @@ def observing_handler_async(handler: MethodHandler, observer: CallObserver[Any])
     """`observing_handler` for the asyncio server."""
 
     async def unary(call: Callable[[], Awaitable[Any]], context: aio.ServicerContext[Any, Any]) -> Any:
-        started = observer.start(context)
-        error: BaseException | None = None
-        try:
+        with _Observed(observer, context):
             return await call()
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            observer.finish(context, started, error)
 
     async def stream(
         call: Callable[[], AsyncIterator[Any]], context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
-        started = observer.start(context)
-        error: BaseException | None = None
-        try:
+        with _Observed(observer, context):
             async with aclosing(call()) as responses:  # type: ignore[type-var]  # an async generator
                 async for response in responses:
                     yield response
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            observer.finish(context, started, error)
 
     return wrap_handler_async(handler, unary=unary, stream=stream)
 

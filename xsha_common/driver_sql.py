@@ -29,6 +29,7 @@ from sqlalchemy import Table, bindparam
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.sql import Select
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.dml import Insert, Update, UpdateBase
 from sqlalchemy.sql.elements import BindParameter
 
@@ -263,21 +264,10 @@ def compile_query_for_driver(query: Select[Any], dialect: Dialect) -> DriverQuer
     plain driver SQL: a parameter that expands at execution (an IN list: use `InListQuery`), or a selected
     expression that is not a plain named column."""
     compiled = query.compile(dialect=dialect)
-    if compiled.literal_execute_params or compiled.post_compile_params:
-        raise ValueError("queries with expanding or literal-execute parameters cannot run as driver SQL")
-    if getattr(compiled, "escaped_bind_names", None):
-        raise ValueError(f"bind names the dialect escapes are not supported: {sorted(compiled.escaped_bind_names)}")
-    positional = bool(compiled.positional)
-    names = tuple(compiled.positiontup or ()) if positional else tuple(compiled.binds)
-    defaults: dict[str, Any] = {}
-    processors: list[tuple[int, str, Processor]] = []
-    for position, name in enumerate(names):
-        bind = compiled.binds[name]
-        if not bind.required:
-            defaults[name] = bind.effective_value
-        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
-        if process is not None:
-            processors.append((position, name, process))
+    positional, names, processors = _bind_layout(
+        compiled, dialect, "queries with expanding or literal-execute parameters cannot run as driver SQL"
+    )
+    defaults = {name: bind.effective_value for name in names if not (bind := compiled.binds[name]).required}
     columns = list(query.selected_columns)
     keys = tuple(query.selected_columns.keys())
     if len(set(keys)) != len(keys) or not all(key.isidentifier() and not key.startswith("_") for key in keys):
@@ -287,7 +277,7 @@ def compile_query_for_driver(query: Select[Any], dialect: Dialect) -> DriverQuer
         names=names,
         positional=positional,
         defaults=defaults,
-        processors=tuple(processors),
+        processors=processors,
         keys=keys,
         types=tuple(column.type for column in columns),
         dialect=dialect,
@@ -325,10 +315,9 @@ def compile_for_driver(statement: Insert | Update, keys: tuple[str, ...], dialec
     for a statement a plain executemany cannot run (a bind no row carries and no scalar default fills, or a
     parameter that expands at execution)."""
     compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-    if compiled.literal_execute_params or compiled.post_compile_params:
-        raise ValueError("statements with expanding or literal-execute parameters cannot run as a driver executemany")
-    positional = bool(compiled.positional)
-    names = tuple(compiled.positiontup or ()) if positional else tuple(compiled.binds)
+    positional, names, processors = _bind_layout(
+        compiled, dialect, "statements with expanding or literal-execute parameters cannot run as a driver executemany"
+    )
     table = statement.table
     known = set(keys)
     constants: list[tuple[str, Any]] = []
@@ -340,19 +329,31 @@ def compile_for_driver(statement: Insert | Update, keys: tuple[str, ...], dialec
         if default is None or not default.is_scalar:
             raise ValueError(f"bind {name!r} is in no row and has no scalar default")
         constants.append((name, default.arg))  # type: ignore[attr-defined]  # scalar defaults carry `arg`
-    escaped = getattr(compiled, "escaped_bind_names", None)
-    if escaped:
-        raise ValueError(f"bind names the dialect escapes are not supported: {sorted(escaped)}")
-    processors: list[tuple[int, str, Processor]] = []
-    for position, name in enumerate(names):
-        bind_type = compiled.binds[name].type.dialect_impl(dialect)
-        process = bind_type.bind_processor(dialect)
-        if process is not None:
-            processors.append((position, name, process))
     return DriverStatement(
         sql=str(compiled),
         names=names,
         positional=positional,
-        processors=tuple(processors),
+        processors=processors,
         constants=tuple(constants),
     )
+
+
+def _bind_layout(
+    compiled: SQLCompiler, dialect: Dialect, expanding_refusal: str
+) -> tuple[bool, tuple[str, ...], tuple[tuple[int, str, Processor], ...]]:
+    """How a compiled statement's binds reach the driver: positional or not, their names in the driver's order, and
+    the bind processors the dialect really has. Raises ValueError (`expanding_refusal` for a parameter that expands
+    at execution, or for bind names the dialect escapes) when plain driver SQL cannot carry them."""
+    if compiled.literal_execute_params or compiled.post_compile_params:
+        raise ValueError(expanding_refusal)
+    escaped = getattr(compiled, "escaped_bind_names", None)
+    if escaped:
+        raise ValueError(f"bind names the dialect escapes are not supported: {sorted(escaped)}")
+    positional = bool(compiled.positional)
+    names = tuple(compiled.positiontup or ()) if positional else tuple(compiled.binds)
+    processors = []
+    for position, name in enumerate(names):
+        process = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if process is not None:
+            processors.append((position, name, process))
+    return positional, names, tuple(processors)

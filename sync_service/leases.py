@@ -122,8 +122,9 @@ class PoolLeases:
         with write_transaction(self.engine) as connection:
             now = db_now(connection)
             plan.live_replicas = 1 if self.single else self._heartbeat(connection, now)
+            renewed = LEASES.renew_all(connection, self.holder, self.held, period, now)
             for cluster_id, epoch in sorted(self.held.items()):
-                if LEASES.renew(connection, cluster_id, self.holder, epoch, period, now):
+                if cluster_id in renewed:
                     plan.held[cluster_id] = epoch
                 else:
                     plan.lost.append(cluster_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -241,6 +242,78 @@ def test_batches_of_many_pools_share_a_transaction_and_a_stale_one_is_refused_al
             assert repository.get_vm(uuid=f"{cluster}-vm") is not None
         stale = repository.pool_config("g5")
         assert stale is not None and stale.event_token == "" and repository.get_vm(uuid="g5-vm") is None
+    finally:
+        release_first_write.set()
+        engine.dispose()
+
+
+def test_a_group_with_two_batches_of_one_pool_writes_them_in_order(db_url: str) -> None:
+    """A group's change log, revision counter and pool bookkeeping are written once, at its end: a pool with two
+    batches in one group keeps its later token, adds up both batches' events, and its changes keep their order
+    in gapless revisions."""
+    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
+    engine = create_engine_for(db_url, pool_size=10)
+    first_write_started = threading.Event()
+    release_first_write = threading.Event()
+    transactions: list[float] = []
+
+    def clock() -> dt.datetime:
+        if not first_write_started.is_set():
+            first_write_started.set()
+            assert release_first_write.wait(10)
+        return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+    setup = Repository(engine)
+    for cluster in ("h0", "h1", "h2"):
+        _register(setup, cluster)
+    start = setup.current_revision()
+    repository = Repository(engine, clock=clock, on_write=transactions.append)
+    queued = [
+        Batch("h1", 1, "h1-t1", vms=[_facts("x1")], events=2),
+        Batch("h2", 1, "h2-t1", vms=[_facts("y1")], events=1),
+        Batch("h1", 1, "h1-t2", vms=[_facts("x1", XapiPowerState.HALTED), _facts("x2")], events=5),
+    ]
+    results: list[object] = []
+    try:
+        threads = [threading.Thread(target=repository.apply_batch, args=(Batch("h0", 1, "h0-t", events=1),))]
+        threads[0].start()
+        assert first_write_started.wait(10)
+
+        def write(batch: Batch) -> None:
+            results.append(repository.apply_batch(batch))
+
+        def queued_up_to(count: int) -> Callable[[], bool]:
+            return lambda: repository._batch_writes.queued == count
+
+        for position, batch in enumerate(queued, start=1):  # one by one, so the queue holds them in this order
+            thread = threading.Thread(target=write, args=(batch,))
+            thread.start()
+            threads.append(thread)
+            wait_until(queued_up_to(position), timeout=10)
+        release_first_write.set()
+        for thread in threads:
+            thread.join(10)
+        assert len(transactions) == 2 and len(results) == 3  # h0 alone, then the three together
+
+        h1, h2 = repository.find_pool("h1"), repository.find_pool("h2")
+        assert h1 is not None and h2 is not None
+        assert (h1.status.events_applied, h2.status.events_applied) == (7, 1)
+        h1_config, h2_config = repository.pool_config("h1"), repository.pool_config("h2")
+        assert h1_config is not None and h1_config.event_token == "h1-t2"
+        assert h2_config is not None and h2_config.event_token == "h2-t1"
+        x1 = repository.get_vm(uuid="x1")
+        assert x1 is not None and x1.facts.xapi_power_state == XapiPowerState.HALTED
+
+        page = repository.read_changes(start, kinds=("vm",), cluster_id="", limit=100)
+        changes = [sync_service_pb2.Change.FromString(payload) for payload in page.payloads]
+        assert [change.revision for change in changes] == list(range(start + 1, start + 5))
+        assert [(change.vm.uuid, change.type) for change in changes] == [
+            ("x1", sync_service_pb2.CHANGE_TYPE_ADDED),
+            ("x1", sync_service_pb2.CHANGE_TYPE_MODIFIED),
+            ("x2", sync_service_pb2.CHANGE_TYPE_ADDED),
+            ("y1", sync_service_pb2.CHANGE_TYPE_ADDED),
+        ]
+        assert repository.current_revision() == start + 4
     finally:
         release_first_write.set()
         engine.dispose()

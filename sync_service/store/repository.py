@@ -69,7 +69,7 @@ from sync_service.store.models import (
 )
 from sync_service.store.row_cache import RowCache
 from xsha_common.db import backend_of, is_transient_db_error, make_sessionmaker, write_transaction
-from xsha_common.driver_sql import DriverSql
+from xsha_common.driver_sql import DriverSql, InListQuery
 from xsha_common.group_commit import GroupCommit
 
 log = logging.getLogger(__name__)
@@ -486,6 +486,10 @@ _STORED_VM_COLUMNS: Final = tuple(
 ANALYZE_AFTER_FULL_LIST_OF: Final = 1000
 _VMS_OF_CLUSTER: Final = select(*_STORED_VM_COLUMNS).where(_VMS.c.cluster_id == bindparam("cluster_id"))
 _VMS_BY_UUID: Final = _VMS_OF_CLUSTER.where(_VMS.c.uuid.in_(bindparam("uuids", expanding=True)))
+# An event batch's few VM rows, read as driver SQL (a handful of compiled IN sizes). Longer lists keep the
+# expanding IN above: padding a 250-uuid list to its power of two would double PyMySQL's escaping of it.
+_FEW_UUIDS: Final = 16
+_VMS_BY_FEW_UUIDS: Final = InListQuery(lambda uuids: _VMS_OF_CLUSTER.where(_VMS.c.uuid.in_(uuids)), "uuid")
 # With a row cache, an event batch's VM rows are first read by their version only (see row_cache): a row whose
 # version matches the cached one is taken from the cache, the rest are read whole by id.
 _VM_VERSIONS_BY_UUID: Final = select(_VMS.c.uuid, _VMS.c.id, _VMS.c.revision, _VMS.c.xapi_ref).where(
@@ -609,6 +613,10 @@ class _GroupWrites:
     unsaved: int = 0  # revisions handed out beyond what the counter row says yet
     log_rows: list[dict[str, Any]] = field(default_factory=list)
     bookkeeping: dict[int, dict[str, Any]] = field(default_factory=dict)  # pool row id -> the pool's update
+    # Mirror row writes, by statement and key set: written before a later batch of one of `row_clusters` reads
+    # its rows, or at the end.
+    row_writes: dict[tuple[Insert | Update, tuple[str, ...]], list[dict[str, Any]]] = field(default_factory=dict)
+    row_clusters: set[str] = field(default_factory=set)
 
     def add_bookkeeping(self, pool_id: int, values: dict[str, Any]) -> None:
         """A pool's later batch in the same group overrides its earlier one's values, and its events add up."""
@@ -664,8 +672,16 @@ class Repository:
         group.next_revision = first + count
         return first
 
+    def _flush_rows(self, session: Session, group: _GroupWrites) -> None:
+        connection = session.connection()
+        for (statement, _), rows in group.row_writes.items():
+            self._sql.executemany(connection, statement, rows)
+        group.row_writes.clear()
+        group.row_clusters.clear()
+
     def _flush_group(self, session: Session, group: _GroupWrites) -> None:
         """The group's deferred writes, before its commit."""
+        self._flush_rows(session, group)
         connection = session.connection()
         if group.unsaved:
             connection.execute(_ADVANCE_REVISION, {"count": group.unsaved})
@@ -734,8 +750,8 @@ class Repository:
                 }
             )
             revision += 1
-        self._upsert(session, VmRow, vm_updates, row_ids["vm"] if row_ids is not None else None, stored_vm_names)
-        self._upsert(session, HostRow, host_updates, row_ids["host"] if row_ids is not None else None)
+        self._upsert(session, VmRow, vm_updates, row_ids["vm"] if row_ids is not None else None, stored_vm_names, group)
+        self._upsert(session, HostRow, host_updates, row_ids["host"] if row_ids is not None else None, group=group)
         if group is None:
             self._sql.executemany(session.connection(), _INSERT_CHANGES, log_rows)
         else:
@@ -749,10 +765,12 @@ class Repository:
         rows: list[dict[str, Any]],
         known_ids: dict[str, int] | None = None,
         stored_names: dict[str, str] | None = None,
+        group: _GroupWrites | None = None,
     ) -> None:
         """Core executemany, not the ORM's bulk paths (which cost more per row than the database did).
         `known_ids` (uuid -> row id, rows of one cluster) spares the lookup when the caller has just read them;
-        `stored_names` (uuid -> name_label of those rows) lets an update leave an unchanged VM name alone."""
+        `stored_names` (uuid -> name_label of those rows) lets an update leave an unchanged VM name alone. With
+        `group`, the executemanys join the group's deferred row writes."""
         if not rows:
             return
         table = cast(Table, model.__table__)
@@ -793,16 +811,23 @@ class Repository:
                 updates.append(values)
         # One executemany per set of keys (a VM row carries xapi_ref only when the batch knows it).
         insert_rows, update_rows = _row_writes(table)
-        for group in _by_keys(inserts):
-            self._sql.executemany(connection, insert_rows, group)
-        for group in _by_keys(updates):
+        writes: list[tuple[Insert | Update, list[dict[str, Any]]]] = [
+            (insert_rows, same_keys) for same_keys in _by_keys(inserts)
+        ]
+        for same_keys in _by_keys(updates):
             if self.backend == "mysql":
                 # PyMySQL sends an UPDATE executemany as one round trip per row, but an INSERT as one multi-row
                 # statement: rows that exist (same primary key) are updated by ON DUPLICATE KEY UPDATE.
-                keys = tuple(key for key in group[0] if key != "row_id")
-                self._sql.executemany(connection, _mysql_update_by_id(table, keys), [_with_id(row) for row in group])
+                keys = tuple(key for key in same_keys[0] if key != "row_id")
+                writes.append((_mysql_update_by_id(table, keys), [_with_id(row) for row in same_keys]))
             else:
-                self._sql.executemany(connection, update_rows, group)
+                writes.append((update_rows, same_keys))
+        for statement, rows_of_keys in writes:
+            if group is None:
+                self._sql.executemany(connection, statement, rows_of_keys)
+            else:
+                group.row_writes.setdefault((statement, tuple(rows_of_keys[0])), []).extend(rows_of_keys)
+                group.row_clusters.update(clusters)
 
     def _commit_hook(self, last_revision: int) -> None:
         if last_revision:
@@ -1106,6 +1131,8 @@ class Repository:
             # Lease rows are locked in cluster order, so two groups (or replicas) never wait on each other in a
             # cycle; a pool's own batches keep their order (the sort is stable).
             for index in sorted(range(len(batches)), key=lambda i: batches[i].cluster_id):
+                if batches[index].cluster_id in group.row_clusters:  # a pool's later batch reads what the earlier wrote
+                    self._flush_rows(session, group)
                 try:
                     result = self._write_batch(session, batches[index], now, staged, group)
                 except StaleWatcherError as refused:
@@ -1151,8 +1178,10 @@ class Repository:
         found.update(_stored_vms_by_uuid(changed))
         return found
 
-    @staticmethod
-    def _read_vms(connection: Connection, cluster_id: str, uuids: Sequence[str]) -> dict[str, _StoredVm]:
+    def _read_vms(self, connection: Connection, cluster_id: str, uuids: Sequence[str]) -> dict[str, _StoredVm]:
+        if 0 < len(uuids) <= _FEW_UUIDS:
+            query, values = _VMS_BY_FEW_UUIDS.bind(uuids, cluster_id=cluster_id)
+            return _stored_vms_by_uuid(self._sql.fetch(connection, query, values))
         rows = itertools.chain.from_iterable(
             connection.execute(_VMS_BY_UUID, {"cluster_id": cluster_id, "uuids": list(chunk)})
             for chunk in _chunks(uuids)
@@ -1199,7 +1228,7 @@ class Repository:
             session, cluster_id, batch.lease_holder, batch.lease_epoch
         ):
             raise LeaseLostError(cluster_id)
-        pool_row = connection.execute(_POOL_OF, {"cluster_id": cluster_id}).one_or_none()
+        pool_row = self._sql.fetch_optional(connection, _POOL_OF, {"cluster_id": cluster_id})
         if pool_row is None or pool_row.config_generation != batch.config_generation:
             raise StaleWatcherError(cluster_id)
         pool_uuid = batch.pool.uuid if batch.pool is not None else pool_row.pool_uuid
@@ -1245,7 +1274,7 @@ class Repository:
         wanted_hosts = {host.uuid: host for host in batch.hosts}
         stored_hosts: dict[str, _StoredHost] = {}
         if batch.full or batch.hosts or batch.removed_host_uuids:  # most event batches touch no host
-            for stored in map(_stored_host, connection.execute(_HOSTS_OF_CLUSTER, {"cluster_id": cluster_id})):
+            for stored in map(_stored_host, self._sql.fetch(connection, _HOSTS_OF_CLUSTER, {"cluster_id": cluster_id})):
                 stored_hosts[stored.host.uuid] = stored
         for uuid, host_facts in wanted_hosts.items():
             found = stored_hosts.get(uuid)

@@ -97,6 +97,27 @@ def test_only_real_changes_are_logged_and_tokens_follow_batches(repository: Repo
         repository.apply_batch(Batch("c1", 1, "t5", vms=[_facts("c")]))
 
 
+@pytest.mark.parametrize("size", [1, 15, 16, 40])  # with the new VM: 2, 16, 17 and 41 uuids
+def test_an_event_batch_of_any_size_logs_exactly_its_changed_vms(repository: Repository, size: int) -> None:
+    """A batch's VM rows are read as driver SQL up to 16 uuids and through SQLAlchemy beyond: either way, a VM
+    whose facts are unchanged logs nothing (its stored row decodes to the same facts) and a changed one logs once;
+    a uuid the pool does not have yet is added."""
+    _register(repository, "c1")
+    stored = [_facts(f"vm-{i:02d}", order=i) for i in range(40)]
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=stored, full=True))
+    batch_vms = [
+        _facts(vm.uuid, XapiPowerState.HALTED, vm.order) if i % 3 == 0 else vm for i, vm in enumerate(stored[:size])
+    ]
+    before = {vm.uuid: repository.get_vm(uuid=vm.uuid) for vm in batch_vms}
+    result = repository.apply_batch(Batch("c1", 1, "t2", vms=[*batch_vms, _facts("vm-new")]))
+    assert result.revisions == len(range(0, size, 3)) + 1
+    for i, vm in enumerate(batch_vms):
+        mirrored, earlier = repository.get_vm(uuid=vm.uuid), before[vm.uuid]
+        assert mirrored is not None and earlier is not None and mirrored.facts == vm, i
+        assert (mirrored.revision > earlier.revision) == (i % 3 == 0), i  # untouched rows keep their revision
+    assert repository.get_vm(uuid="vm-new") is not None
+
+
 def test_a_vm_row_update_sets_an_indexed_column_only_when_it_changed(repository: Repository) -> None:
     """Every index whose column an UPDATE names is rewritten on SQLite: an update of a VM row leaves out its pool
     and uuid (they find the row) and its name unless renamed. The stored rows are the same either way."""

@@ -604,10 +604,11 @@ class _PendingChange:
 
 @dataclass
 class _GroupWrites:
-    """What a group's batches write once, at the end of its transaction, rather than once per batch: the
-    revision counter's advance beyond its first allocation, the change-log rows and each pool's bookkeeping. With
-    batches of a change or two from many pools, these were four of a batch's ten statements, and on SQLite every
-    statement gives the GIL away and waits to get it back."""
+    """What a group's batches write together at the end of its transaction rather than batch by batch: the
+    revision counter's advance beyond its first allocation, the change-log rows, each pool's bookkeeping and the
+    mirror rows (the rows earlier, when a pool's later batch in the group is about to read them). With batches of a
+    change or two from many pools, these were four of a batch's ten statements, and every statement gives the GIL
+    away and waits to get it back."""
 
     next_revision: int = 0  # the next revision to hand out; 0 until this transaction has locked the counter row
     unsaved: int = 0  # revisions handed out beyond what the counter row says yet
@@ -1218,7 +1219,7 @@ class Repository:
         staged: dict[tuple[str, str], _StoredVm],
         group: _GroupWrites,
     ) -> BatchResult:
-        """One batch inside the group's transaction; its change log and bookkeeping join the group's deferred
+        """One batch inside the group's transaction; its rows, change log and bookkeeping join the group's deferred
         writes. Raises StaleWatcherError (or LeaseLostError) before writing anything when the watcher may not
         write. Core rows and statements built once: on this path, per batch, the ORM's identity map, flush and
         statement building cost more than the database did."""

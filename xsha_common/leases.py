@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Column, Connection, Engine, Select, Table, bindparam, select, text, tuple_, update
+from sqlalchemy import Column, Connection, Engine, Select, Table, bindparam, select, text, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import make_url
 
@@ -133,24 +133,32 @@ class LeaseTable:
         """`renew` for every lease `holder` holds (key -> epoch), in two statements per `_RENEW_CHUNK` leases
         rather than one per lease; returns the keys renewed (the others were taken over). On SQLite a round of
         200 single renewals held the one write lock for 50-200 ms, and every pool's event batches queued behind
-        it."""
+        it.
+
+        The rows are locked first, in key order, as a fenced write locks its leases (`holds`, in key order within a
+        group): an UPDATE locks rows in whatever order its scan meets them, and on PostgreSQL one that crossed a
+        group's locks waited a whole `deadlock_timeout` (1 s) before either could go on."""
         renewed: set[str] = set()
-        items = sorted(epochs.items())
         key, epoch = self.column(self.key), self.column(self.epoch)
+        locking = connection.dialect.name != "sqlite"  # SQLite: the transaction holds the database's write lock
+        items = sorted(epochs)
         for start in range(0, len(items), _RENEW_CHUNK):
             chunk = items[start : start + _RENEW_CHUNK]
-            connection.execute(
-                update(self.table)
-                .where(self.column(self.holder) == holder, tuple_(key, epoch).in_(chunk))
-                .values(self._stamp({self.expire: now + period}, now))
-            )
-            # Only this holder writes its name into a row, and the update locked the rows it matched until commit:
-            # the rows still naming it at the expected epoch are exactly the ones renewed.
-            for found_key, found_epoch in connection.execute(
-                select(key, epoch).where(self.column(self.holder) == holder, key.in_([k for k, _ in chunk]))
-            ):
-                if epochs.get(str(found_key)) == int(found_epoch):
-                    renewed.add(str(found_key))
+            query = select(key, epoch).where(self.column(self.holder) == holder, key.in_(chunk)).order_by(key)
+            # Only this holder writes its name into a row, and the rows stay locked until commit: those naming it
+            # at the expected epoch are exactly the leases still held.
+            held = [
+                str(found_key)
+                for found_key, found_epoch in connection.execute(query.with_for_update() if locking else query)
+                if epochs[str(found_key)] == int(found_epoch)
+            ]
+            if held:
+                connection.execute(
+                    update(self.table)
+                    .where(self.column(self.holder) == holder, key.in_(held))
+                    .values(self._stamp({self.expire: now + period}, now))
+                )
+                renewed.update(held)
         return renewed
 
     def release(self, connection: Connection, key: str, holder: str, epoch: int) -> bool:

@@ -3,6 +3,8 @@ backend, whatever their number."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +25,7 @@ lease_rows = Table(
 )
 LEASES = LeaseTable(lease_rows, "name", "owner", "epoch", "expire_time", touch="update_time")
 PERIOD = 30.0
+_LOCK_WAIT_SECONDS = 2
 
 
 @pytest.fixture
@@ -99,3 +102,32 @@ def test_renew_all_with_nothing_held_writes_nothing(engine: Engine) -> None:
     with write_transaction(engine) as connection:
         assert LEASES.renew_all(connection, "me", {}, PERIOD, db_now(connection) + 100.0) == set()
     assert _expiries(engine) == before
+
+
+def test_renew_all_locks_the_leases_in_key_order(engine: Engine, db_backend: str) -> None:
+    """A fenced write locks its pools' leases in key order. A renewal that meets one of them locked must wait
+    holding only the leases before it, so the write can still lock a later one: locked in the table's physical
+    order instead (c before b here), the two would wait on each other until the deadlock detector stepped in."""
+    if db_backend == "sqlite":
+        pytest.skip("SQLite: a writer holds the whole database, so writers never interleave their locks")
+    mine = _take(engine, ["c", "b", "a"], "me")  # inserted, so stored, in this order
+    renewed: list[set[str]] = []
+
+    def renew() -> None:
+        with write_transaction(engine) as connection:
+            renewed.append(LEASES.renew_all(connection, "me", mine, PERIOD, db_now(connection) + 100.0))
+
+    with engine.connect() as writer:
+        if db_backend == "mysql":
+            writer.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {_LOCK_WAIT_SECONDS}")
+        else:
+            writer.exec_driver_sql(f"SET lock_timeout = '{_LOCK_WAIT_SECONDS}s'")
+        writer.commit()  # the setting lasts for the session
+        with writer.begin():
+            LEASES.holds(writer, "b", "me", mine["b"])
+            renewer = threading.Thread(target=renew)
+            renewer.start()
+            time.sleep(0.5)  # the renewal reaches "b" and waits for it
+            assert LEASES.holds(writer, "c", "me", mine["c"])  # not held by the waiting renewal
+        renewer.join(10)
+    assert renewed == [{"a", "b", "c"}]

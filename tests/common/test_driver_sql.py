@@ -4,7 +4,6 @@ what it returns and raises what it raises, on every backend."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 
-from xsha_common.db import create_engine_for, is_transient_db_error
+from xsha_common.db import is_transient_db_error
 from xsha_common.driver_sql import DriverSql, InListQuery, compile_for_driver, compile_query_for_driver
 
 metadata = MetaData()
@@ -50,12 +49,10 @@ things = Table(
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = create_engine_for(db_url, pool_size=2)
-    metadata.create_all(engine)
-    yield engine
-    metadata.drop_all(engine)
-    engine.dispose()
+def engine(db_engine: Engine) -> Engine:
+    """The shared fresh-database engine with this module's tables (the database goes with the test)."""
+    metadata.create_all(db_engine)
+    return db_engine
 
 
 def _rows(count: int, when: dt.datetime, offset: int = 0) -> list[dict[str, Any]]:

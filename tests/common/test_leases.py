@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Column, Double, Engine, Integer, MetaData, String, Table, select, update
 
-from xsha_common.db import create_engine_for, write_transaction
+from tests.harness.db_locks import bound_lock_wait
+from xsha_common.db import write_transaction
 from xsha_common.leases import LeaseTable, db_now
 
 metadata = MetaData()
@@ -29,12 +29,10 @@ _LOCK_WAIT_SECONDS = 2
 
 
 @pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    engine = create_engine_for(db_url, pool_size=2)
-    metadata.create_all(engine)
-    yield engine
-    metadata.drop_all(engine)
-    engine.dispose()
+def engine(db_engine: Engine) -> Engine:
+    """The shared fresh-database engine with this module's tables (the database goes with the test)."""
+    metadata.create_all(db_engine)
+    return db_engine
 
 
 def _take(engine: Engine, names: list[str], holder: str) -> dict[str, int]:
@@ -118,11 +116,7 @@ def test_renew_all_locks_the_leases_in_key_order(engine: Engine, db_backend: str
             renewed.append(LEASES.renew_all(connection, "me", mine, PERIOD, db_now(connection) + 100.0))
 
     with engine.connect() as writer:
-        if db_backend == "mysql":
-            writer.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {_LOCK_WAIT_SECONDS}")
-        else:
-            writer.exec_driver_sql(f"SET lock_timeout = '{_LOCK_WAIT_SECONDS}s'")
-        writer.commit()  # the setting lasts for the session
+        bound_lock_wait(writer, db_backend, _LOCK_WAIT_SECONDS)
         with writer.begin():
             LEASES.holds(writer, "b", "me", mine["b"])
             renewer = threading.Thread(target=renew)

@@ -9,6 +9,7 @@ from sqlalchemy import insert, select
 
 from sync_service.leases import LeaseSettings, PoolLeases
 from sync_service.store.models import VERSION_TABLE, ReplicaRow
+from tests.harness.db_locks import bound_lock_wait
 from xsha_common.db import create_engine_for, upgrade_to_head, write_transaction
 from xsha_common.leases import db_now
 
@@ -47,11 +48,7 @@ def test_a_heartbeat_takes_no_lock_on_a_live_replicas_row(engine: Any, db_backen
                 row = {"replica_id": "dead", "address": "", "expire_time": long_dead, "start_time": 0.0}
                 connection.execute(insert(ReplicaRow), [row])
             with engine.connect() as connection_a:
-                if db_backend == "mysql":
-                    connection_a.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {_LOCK_WAIT_SECONDS}")
-                else:
-                    connection_a.exec_driver_sql(f"SET lock_timeout = '{_LOCK_WAIT_SECONDS}s'")
-                connection_a.commit()  # the setting lasts for the session
+                bound_lock_wait(connection_a, db_backend, _LOCK_WAIT_SECONDS)
                 with connection_a.begin():
                     live = replica_a._heartbeat(connection_a, db_now(connection_a))
         finally:

@@ -116,16 +116,7 @@ class LeaseTable:
 
     def renew(self, connection: Connection, key: str, holder: str, epoch: int, period: float, now: float) -> bool:
         """Extend a lease we hold; False when it was taken over (the epoch moved on)."""
-        result = connection.execute(
-            update(self.table)
-            .where(
-                self.column(self.key) == key,
-                self.column(self.holder) == holder,
-                self.column(self.epoch) == epoch,
-            )
-            .values(self._stamp({self.expire: now + period}, now))
-        )
-        return result.rowcount == 1
+        return key in self.renew_all(connection, holder, {key: epoch}, period, now)
 
     def renew_all(
         self, connection: Connection, holder: str, epochs: Mapping[str, int], period: float, now: float

@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from xsha_common.logging import register_secret
+from xsha_common.mysql_literals import LiteralCursor
 
 __all__ = [
     "NAMING_CONVENTION",
@@ -199,6 +200,7 @@ def create_engine_for(
                 "connect_timeout": connect_timeout,
                 "read_timeout": io_timeout,
                 "write_timeout": io_timeout,
+                "cursorclass": LiteralCursor,  # PyMySQL renders parameters into SQL text; this does it faster
             },
             **pool_args,
         )

@@ -63,10 +63,13 @@ _EPOCH_UTC: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def timestamp(value: dt.datetime | None) -> timestamp_pb2.Timestamp | None:
-    """A naive datetime is UTC. Plain timedelta arithmetic: Timestamp.FromDatetime's calendar.timegm path was a
-    large share of every GetPool and change payload."""
-    if value is None:
-        return None
+    """A naive datetime is UTC."""
+    return None if value is None else _timestamp_of(value)
+
+
+def _timestamp_of(value: dt.datetime) -> timestamp_pb2.Timestamp:
+    # Plain timedelta arithmetic: Timestamp.FromDatetime's calendar.timegm path was a large share of every GetPool
+    # and change payload.
     delta = value - (_EPOCH if value.tzinfo is None else _EPOCH_UTC)
     return timestamp_pb2.Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
@@ -92,47 +95,73 @@ def ha_to_proto(ha: HaFacts) -> common_pb2.PoolHaFacts:
     )
 
 
-def vm_to_proto(vm: MirrorVm) -> sync_service_pb2.Vm:
+TimestampMemo = dict[dt.datetime, timestamp_pb2.Timestamp]
+"""Timestamps already converted, by datetime: the rows of one batch mostly share their commit time."""
+
+
+def _set_timestamp(field: timestamp_pb2.Timestamp, value: dt.datetime | None, memo: TimestampMemo | None) -> None:
+    if value is None:
+        return
+    if memo is None:
+        field.CopyFrom(_timestamp_of(value))
+        return
+    converted = memo.get(value)
+    if converted is None:
+        converted = memo[value] = _timestamp_of(value)
+    field.CopyFrom(converted)
+
+
+def fill_vm(message: sync_service_pb2.Vm, vm: MirrorVm, memo: TimestampMemo | None = None) -> None:
+    """Sets `message`'s fields from `vm` in place: a change payload fills its own Vm rather than copy one in."""
     facts = vm.facts
-    return sync_service_pb2.Vm(
-        uuid=facts.uuid,
-        name=facts.name,
-        cluster_id=vm.cluster_id,
-        pool_uuid=vm.pool_uuid,
-        xapi_power_state=XAPI_POWER_STATE_TO_PROTO[facts.xapi_power_state],
-        power_state=POWER_STATE_TO_PROTO[vm.power_state],
-        resident_host_uuid=facts.resident_host_uuid,
-        ha_restart_priority=facts.ha_restart_priority,
-        order=facts.order,
-        start_delay_seconds=facts.start_delay,
-        ha_always_run=facts.ha_always_run,
-        memory_static_max_bytes=facts.memory_static_max,
-        power_state_update_time=timestamp(vm.power_state_update_time),
-        power_state_update_count=vm.power_state_update_count,
-        removed=vm.removed,
-        revision=vm.revision,
-        update_time=timestamp(vm.update_time),
-    )
+    message.uuid = facts.uuid
+    message.name = facts.name
+    message.cluster_id = vm.cluster_id
+    message.pool_uuid = vm.pool_uuid
+    message.xapi_power_state = XAPI_POWER_STATE_TO_PROTO[facts.xapi_power_state]
+    message.power_state = POWER_STATE_TO_PROTO[vm.power_state]
+    message.resident_host_uuid = facts.resident_host_uuid
+    message.ha_restart_priority = facts.ha_restart_priority
+    message.order = facts.order
+    message.start_delay_seconds = facts.start_delay
+    message.ha_always_run = facts.ha_always_run
+    message.memory_static_max_bytes = facts.memory_static_max
+    _set_timestamp(message.power_state_update_time, vm.power_state_update_time, memo)
+    message.power_state_update_count = vm.power_state_update_count
+    message.removed = vm.removed
+    message.revision = vm.revision
+    _set_timestamp(message.update_time, vm.update_time, memo)
+
+
+def vm_to_proto(vm: MirrorVm) -> sync_service_pb2.Vm:
+    message = sync_service_pb2.Vm()
+    fill_vm(message, vm)
+    return message
+
+
+def fill_host(message: sync_service_pb2.Host, host: MirrorHost, memo: TimestampMemo | None = None) -> None:
+    """Sets `message`'s fields from `host` in place."""
+    facts = host.facts
+    message.uuid = facts.uuid
+    message.cluster_id = host.cluster_id
+    message.pool_uuid = host.pool_uuid
+    message.name = facts.name
+    message.address = facts.address
+    message.live = facts.live
+    message.enabled = facts.enabled
+    message.is_master = facts.is_master
+    message.memory_total_bytes = facts.memory_total
+    message.memory_free_bytes = facts.memory_free
+    message.version.CopyFrom(version_to_proto(facts.version))
+    message.removed = host.removed
+    message.revision = host.revision
+    _set_timestamp(message.update_time, host.update_time, memo)
 
 
 def host_to_proto(host: MirrorHost) -> sync_service_pb2.Host:
-    facts = host.facts
-    return sync_service_pb2.Host(
-        uuid=facts.uuid,
-        cluster_id=host.cluster_id,
-        pool_uuid=host.pool_uuid,
-        name=facts.name,
-        address=facts.address,
-        live=facts.live,
-        enabled=facts.enabled,
-        is_master=facts.is_master,
-        memory_total_bytes=facts.memory_total,
-        memory_free_bytes=facts.memory_free,
-        version=version_to_proto(facts.version),
-        removed=host.removed,
-        revision=host.revision,
-        update_time=timestamp(host.update_time),
-    )
+    message = sync_service_pb2.Host()
+    fill_host(message, host)
+    return message
 
 
 def sync_status_to_proto(status: SyncStatusInfo) -> sync_service_pb2.SyncStatus:
@@ -188,20 +217,22 @@ def change_payload(
     commit_time: dt.datetime,
     cluster_id: str,
     obj: MirrorVm | MirrorHost | PoolInfo,
+    memo: TimestampMemo | None = None,
 ) -> bytes:
-    """The serialized Change stored in the change log and streamed as it is by WatchChanges."""
+    """The serialized Change stored in the change log and streamed as it is by WatchChanges. `memo`, when given,
+    is shared by the changes of one batch."""
     change = sync_service_pb2.Change(
         revision=revision,
         type=CHANGE_TYPE_TO_PROTO[change_type],
-        commit_time=timestamp(commit_time),
         cluster_id=cluster_id,
     )
+    _set_timestamp(change.commit_time, commit_time, memo)
     if isinstance(obj, MirrorVm):
         change.kind = sync_service_pb2.RESOURCE_KIND_VM
-        change.vm.CopyFrom(vm_to_proto(obj))
+        fill_vm(change.vm, obj, memo)
     elif isinstance(obj, MirrorHost):
         change.kind = sync_service_pb2.RESOURCE_KIND_HOST
-        change.host.CopyFrom(host_to_proto(obj))
+        fill_host(change.host, obj, memo)
     else:
         change.kind = sync_service_pb2.RESOURCE_KIND_POOL
         change.pool.CopyFrom(pool_to_proto(obj))

@@ -719,6 +719,7 @@ class Repository:
         vm_updates: list[dict[str, Any]] = []
         host_updates: list[dict[str, Any]] = []
         log_rows: list[dict[str, Any]] = []
+        timestamps: converters.TimestampMemo = {}
         revision = first
         for change in changes:
             obj = change.obj
@@ -738,7 +739,7 @@ class Repository:
                 row.revision = revision
                 session.flush()
                 obj = pool_info_from_row(row) if obj is None else replace(obj, revision=revision)
-            payload = converters.change_payload(revision, change.change_type, now, change.cluster_id, obj)
+            payload = converters.change_payload(revision, change.change_type, now, change.cluster_id, obj, timestamps)
             log_rows.append(
                 {
                     "revision": revision,

@@ -22,13 +22,12 @@ from pymysql.converters import escape_string  # type: ignore[import-untyped]
 _NO_BACKSLASH_ESCAPES: Final[int] = SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES
 
 
-# The characters PyMySQL's escape_string rewrites; a string without any (most of them) is only quoted.
-_NEEDS_BACKSLASH_ESCAPE: Final = re.compile(r"""[\x00\n\r\x1a'"\\]""")
+# The characters a string's literal rewrites, in each mode: a string without any (most of them) is only quoted.
+_NEEDS_BACKSLASH_ESCAPE: Final = re.compile(r"""[\x00\n\r\x1a'"\\]""")  # PyMySQL's escape_string
+_NEEDS_QUOTE_DOUBLING: Final = re.compile("'")
 
 
 def _quote_with_backslashes(value: str) -> str:
-    if _NEEDS_BACKSLASH_ESCAPE.search(value) is None:
-        return "'" + value + "'"
     return "'" + str(escape_string(value)) + "'"
 
 
@@ -41,6 +40,7 @@ def literal_renderer(escape: Callable[[Any], str], no_backslash_escapes: bool) -
     """A function giving `value`'s SQL literal: the fast path for the common types, `escape` (PyMySQL's
     `Connection.escape`) for the rest."""
     quote = _quote_without_backslashes if no_backslash_escapes else _quote_with_backslashes
+    needs_quoting = (_NEEDS_QUOTE_DOUBLING if no_backslash_escapes else _NEEDS_BACKSLASH_ESCAPE).search
     datetime_type = dt.datetime
     # A batch's rows mostly carry the same datetime object (its commit time), so the last one's text is kept.
     last_datetime: dt.datetime | None = None
@@ -50,7 +50,7 @@ def literal_renderer(escape: Callable[[Any], str], no_backslash_escapes: bool) -
         nonlocal last_datetime, last_datetime_text
         kind = type(value)
         if kind is str:
-            return quote(value)
+            return quote(value) if needs_quoting(value) else "'" + value + "'"
         if kind is int:
             return str(value)
         if value is None:

@@ -13,6 +13,7 @@ import os
 import secrets
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -110,6 +111,21 @@ def db_engine(db_url: str) -> Iterator[Engine]:
     engine = create_engine_for(db_url)
     yield engine
     engine.dispose()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # Under pytest-xdist each worker counts its own tests; the controller adds them up (pytest_testnodedown).
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["xsha_backend_runs"] = dict(_backend_runs)
+        workeroutput["xsha_backend_skips"] = dict(_backend_skips)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    output = getattr(node, "workeroutput", {})
+    _backend_runs.update(output.get("xsha_backend_runs", {}))
+    _backend_skips.update(output.get("xsha_backend_skips", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

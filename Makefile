@@ -33,11 +33,13 @@ typecheck: $(STAMP)
 
 # Test processes (pytest-xdist): one per core. Most tests wait on child processes, sockets and databases, so
 # two workers on two cores finish the suite in about two thirds of the time of one. TEST_WORKERS=0 runs it in-process.
+# loadfile keeps each test module whole, in order, on one worker: a module's last test may check what its others
+# counted (tests/reliability/test_bad_input.py).
 TEST_WORKERS ?= auto
 
 ## The whole suite: generated code current, lint, types, tests (DB tests need XSHA_TEST_MYSQL_URL / XSHA_TEST_POSTGRES_URL).
 test: $(STAMP) gen-check lint typecheck
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -x -q -m "not slow" $(PYTEST_ARGS)

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import URL, Engine
 
+from tests.reliability.summary import SECTIONS as REPORT_SECTIONS
 from xsha_common.db import Backend, create_engine_for, normalize_url
 
 BACKENDS: tuple[Backend, ...] = ("sqlite", "mysql", "postgresql")
@@ -119,6 +120,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if workeroutput is not None:
         workeroutput["xsha_backend_runs"] = dict(_backend_runs)
         workeroutput["xsha_backend_skips"] = dict(_backend_skips)
+        workeroutput["xsha_report_sections"] = dict(REPORT_SECTIONS)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -126,9 +128,16 @@ def pytest_testnodedown(node: Any, error: object) -> None:
     output = getattr(node, "workeroutput", {})
     _backend_runs.update(output.get("xsha_backend_runs", {}))
     _backend_skips.update(output.get("xsha_backend_skips", {}))
+    REPORT_SECTIONS.update(output.get("xsha_report_sections", {}))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Here rather than in tests/reliability/conftest.py: under pytest-xdist only this conftest is loaded by the
+    # controller, which prints the summary.
+    for title, lines in REPORT_SECTIONS.items():
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)
     if not _backend_runs and not _backend_skips:
         return
     terminalreporter.section("database backends")

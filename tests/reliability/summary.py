@@ -1,4 +1,5 @@
-"""What the reliability tests report at the end of the test output (printed by tests/reliability/conftest.py)."""
+"""What the reliability tests report at the end of the test output (printed by tests/conftest.py, which also
+collects it from pytest-xdist workers)."""
 
 from __future__ import annotations
 

@@ -169,6 +169,7 @@ def create_engine_for(
     connect_timeout: float = 5.0,
     io_timeout: float = 60.0,
     sqlite_busy_timeout_ms: int = 5000,
+    idle_transaction_timeout: float = 15.0,
     echo: bool = False,
 ) -> Engine:
     """An Engine configured for xsha on SQLite, MariaDB/MySQL or PostgreSQL.
@@ -176,6 +177,9 @@ def create_engine_for(
     ``connect_timeout`` makes a dead server fail fast instead of hanging; ``io_timeout`` bounds how long a
     statement may wait on a silent network (MySQL read/write timeout, PostgreSQL TCP user timeout) so a cut
     cable turns into a transient error. ``sqlite_busy_timeout_ms`` is how long a SQLite writer waits for the lock.
+    ``idle_transaction_timeout`` is how long the server lets a transaction wait on its client before it ends the
+    session (PostgreSQL, MariaDB): a replica that is frozen, not dead, inside a transaction would otherwise keep
+    its row locks (a lease, the revision counter) and stall every other replica's writes for as long as it sleeps.
     """
     parsed = normalize_url(url)
     if parsed.password:
@@ -190,7 +194,7 @@ def create_engine_for(
         # READ COMMITTED rather than InnoDB's REPEATABLE READ: each statement sees the latest committed rows
         # (a polling loop inside one transaction would otherwise keep reading its first snapshot), and InnoDB
         # takes no gap/next-key locks, which otherwise deadlock concurrent inserts into change logs and leases.
-        return create_engine(
+        engine = create_engine(
             parsed,
             echo=echo,
             isolation_level="READ COMMITTED",
@@ -204,6 +208,8 @@ def create_engine_for(
             },
             **pool_args,
         )
+        _configure_mariadb_idle_transactions(engine, idle_transaction_timeout)
+        return engine
     return create_engine(
         parsed,
         echo=echo,
@@ -217,9 +223,23 @@ def create_engine_for(
             "keepalives_interval": 10,
             "keepalives_count": 3,
             "tcp_user_timeout": int(io_timeout * 1000),
+            "options": f"-c idle_in_transaction_session_timeout={int(idle_transaction_timeout * 1000)}",
         },
         **pool_args,
     )
+
+
+def _configure_mariadb_idle_transactions(engine: Engine, timeout: float) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+        # MariaDB's idle_transaction_timeout (10.3 on); MySQL has no such variable, so it is left alone there.
+        if "mariadb" not in str(dbapi_connection.get_server_info()).lower():  # type: ignore[attr-defined]
+            return
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET SESSION idle_transaction_timeout = {max(1, round(timeout))}")
+        finally:
+            cursor.close()
 
 
 # Per SQLite engine: the lock its in-process writers queue on (see _writer_queue).
@@ -372,6 +392,7 @@ _PG_TRANSIENT_SQLSTATES: Final = frozenset(
         "57P01",  # admin_shutdown (also pg_terminate_backend)
         "57P02",  # crash_shutdown
         "57P03",  # cannot_connect_now (starting up / recovering)
+        "25P03",  # idle_in_transaction_session_timeout: the server ended a transaction left waiting
     }
 )
 _SQLITE_BUSY: Final = 5

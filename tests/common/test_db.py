@@ -17,6 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from tests.harness.db_locks import bound_lock_wait
 from xsha_common import db
 
 
@@ -541,3 +542,34 @@ def test_offline_mode_renders_sql_for_a_dba(
     )
     rendered = capsys.readouterr().out
     assert "CREATE TABLE b_thing" in rendered and "CREATE TABLE alembic_version_b" in rendered
+
+
+@pytest.mark.parametrize("db_backend", [pytest.param("mysql", marks=pytest.mark.mysql), "postgresql"])
+def test_a_transaction_left_waiting_on_its_client_is_ended_and_its_locks_freed(db_url: str) -> None:
+    """A replica frozen inside a transaction (SIGSTOP, a paused VM) must not hold its row locks for as long as it
+    sleeps: the server ends the session after `idle_transaction_timeout`, and the client's next statement fails
+    with an error the retries treat as transient."""
+    engine = db.create_engine_for(db_url, idle_transaction_timeout=1.0)
+    other = db.create_engine_for(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE held (id INTEGER PRIMARY KEY, value INTEGER)")
+            connection.exec_driver_sql("INSERT INTO held (id, value) VALUES (1, 0)")
+        frozen = engine.connect()
+        frozen.begin()
+        frozen.exec_driver_sql("UPDATE held SET value = 1 WHERE id = 1")  # holds the row's lock
+        # Another session waits for that lock; it gets it once the server has ended the idle transaction (and
+        # gives up after 20 s, so the test fails rather than hangs when it is never ended).
+        with other.connect() as connection:
+            bound_lock_wait(connection, db.backend_of(connection), 20)
+            connection.exec_driver_sql("UPDATE held SET value = 2 WHERE id = 1")
+            connection.commit()
+        with pytest.raises(DBAPIError) as raised:
+            frozen.exec_driver_sql("UPDATE held SET value = 3 WHERE id = 1")
+        assert db.is_transient_db_error(raised.value), raised.value
+        frozen.close()
+        with other.connect() as connection:
+            assert connection.exec_driver_sql("SELECT value FROM held WHERE id = 1").scalar_one() == 2
+    finally:
+        engine.dispose()
+        other.dispose()

@@ -72,16 +72,21 @@ class LiteralCursor(pymysql.cursors.Cursor):  # type: ignore[misc]  # PyMySQL sh
     """PyMySQL's default cursor with a faster `_mogrify`, the one place PyMySQL turns parameters into text
     (`execute`, and `executemany`'s multi-row INSERT, go through it)."""
 
+    def __init__(self, connection: Any) -> None:
+        super().__init__(connection)
+        # One renderer per backslash mode, kept for the cursor's statements: an executemany renders every row
+        # through the same one, so its rows' shared datetime is rendered once.
+        self._renderers: dict[bool, Callable[[Any], str]] = {}
+
     def _mogrify(self, query: str, args: Any) -> str:
         if type(args) is not dict and type(args) is not tuple and type(args) is not list:
             return str(super()._mogrify(query, args))
         connection = self._get_db()
         # The mode is read per statement, as PyMySQL does: a SET sql_mode can change it on a live connection.
         mode = bool(connection.server_status & _NO_BACKSLASH_ESCAPES)
-        renderers: dict[bool, Callable[[Any], str]] = self.__dict__.setdefault("_xsha_renderers", {})
-        render = renderers.get(mode)
+        render = self._renderers.get(mode)
         if render is None:
-            render = renderers[mode] = literal_renderer(connection.escape, mode)
+            render = self._renderers[mode] = literal_renderer(connection.escape, mode)
         escaped: Mapping[str, str] | tuple[str, ...]
         if type(args) is dict:
             escaped = {key: render(value) for key, value in args.items()}

@@ -22,10 +22,13 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final
+from typing import Any, Final
 
 from sqlalchemy import Select, and_, bindparam, delete, or_, select, union_all, update
+from sqlalchemy.engine import Result
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Executable
 from sqlalchemy.sql.elements import ColumnElement
 
 from ha_service import converters as cv
@@ -78,6 +81,10 @@ _RECENT_SECONDS = 60.0
 # Session.info keys of per-transaction reads.
 _SETTINGS_KEY = "ha_controller_settings"
 _MIGRATING_KEY = "ha_controller_migrating"
+# Actions appended by this transaction's units, written at its end: {(cluster_id, instance_name): {kind}}.
+_PENDING_ADDED_KEY = "ha_controller_pending_added"
+# VM rows bound to a new VM uuid by this transaction's units, not flushed yet: {vm_uuid: row}.
+_BOUND_KEY = "ha_controller_bound"
 
 
 # The statements a reconcile runs per VM, built once: under a burst (a host's VMs restarted) building them again for
@@ -103,6 +110,29 @@ class _UnitFailedError(Exception):
     def __init__(self, index: int) -> None:
         super().__init__(f"unit {index} failed")
         self.index = index
+
+
+def _read(session: Session, statement: Executable, params: Mapping[str, object]) -> Result[Any]:
+    """A reconcile's read, without flushing the transaction's changed rows first: the flush before every read
+    was most of a burst's cost (two a VM). Safe for the reads it runs (_ROW_BY_UUID, _ROW_BY_NAME, _ROW_BY_ID,
+    _PENDING_KINDS): a unit changes none of the columns they filter on but a VM row's uuid, which _observe_in
+    tracks itself (_BOUND_KEY); a row already loaded is returned as this transaction left it (the session's
+    identity map); a transaction's events are written at its end, and its units see each other's pending actions
+    through _PENDING_ADDED_KEY. The rows are flushed once, at the end of the transaction."""
+    with session.no_autoflush:
+        return session.execute(statement, params)
+
+
+class _SharedWriteFailedError(Exception):
+    """The events and rows that a shared transaction writes at its end failed; its units run again one at a time."""
+
+
+def _note_pending(session: Session, items: Sequence[NewAction | NewNotification]) -> None:
+    """Records a unit's actions, which are pending from now on, for the units after it in the same transaction."""
+    added: dict[tuple[str, str], set[str]] = session.info[_PENDING_ADDED_KEY]
+    for item in items:
+        if isinstance(item, NewAction):
+            added.setdefault((item.cluster_id, item.instance_name), set()).add(item.kind)
 
 
 _CAUSE_TO_PROTO = {
@@ -592,49 +622,83 @@ class Controller:
 
     def _run_all(self, units: Sequence[Callable[[Session], _Work]]) -> None:
         """Each unit as `_run` would, in order, with the units sharing transactions (up to _UNITS_PER_TRANSACTION):
-        per-transaction cost is paid once per burst rather than once per VM. Each unit appends its events before the
-        next unit runs, so later units see its pending actions (deduplication) exactly as one by one; the events of a
-        transaction are published once, after its commit. A unit that decides SetVmHaConfig calls ends its
-        transaction, so they are made before the next unit runs, as one by one. A unit that fails (other than
+        per-transaction cost is paid once per burst rather than once per VM. A transaction's events are written
+        together at its end (one revision allocation, one insert); each unit's actions are visible to the units
+        after it in the same transaction (see _pending_kinds), so deduplication is exactly as one by one. The
+        events of a transaction are published once, after its commit. A unit that decides SetVmHaConfig calls ends
+        its transaction, so they are made before the next unit runs, as one by one. A unit that fails (other than
         transiently) is logged and left out, and the transaction runs again without it: one VM's error does not
-        lose the others'."""
+        lose the others'. When the shared write at the end fails (other than transiently), no one unit is to blame
+        yet: the same units run again one at a time, each unit's events and rows written before the next runs, which
+        names the one at fault."""
         start = 0
         failed: set[int] = set()
+        one_at_a_time = False
         while start < len(units):
             try:
-                start, events, applies = retry_transient(partial(self._units_transaction, units, start, failed))
+                start, events, applies = retry_transient(
+                    partial(self._units_transaction, units, start, failed, one_at_a_time=one_at_a_time)
+                )
             except _UnitFailedError as failure:
                 log.error("controller failed to reconcile one VM; the others go on", exc_info=failure.__cause__)
                 failed.add(failure.index)
                 continue
+            except _SharedWriteFailedError as failure:
+                log.warning(
+                    "controller failed to write a shared transaction; running its VMs one at a time",
+                    exc_info=failure.__cause__,
+                )
+                one_at_a_time = True
+                continue
+            one_at_a_time = False
             self._published(events)
             for apply in applies:
                 self._apply(apply)
 
     def _units_transaction(
-        self, units: Sequence[Callable[[Session], _Work]], start: int, failed: set[int]
+        self, units: Sequence[Callable[[Session], _Work]], start: int, failed: set[int], *, one_at_a_time: bool
     ) -> tuple[int, list[ha_service_pb2.HaEvent], list[_Apply]]:
-        """Runs units from `start` in one transaction; the index after the last one run, its events and applies."""
+        """Runs units from `start` in one transaction; the index after the last one run, its events and applies.
+
+        Together (the usual way), the units' rows are flushed and their events written once, at the end; a database
+        error then, or during a unit (whose reads may flush an earlier unit's rows), is not known to be one unit's,
+        and raises _SharedWriteFailedError. One at a time, each unit's events and rows are written before the next
+        unit runs, so any error is the unit's own."""
         events: list[ha_service_pb2.HaEvent] = []
+        deferred: list[NewAction | NewNotification] = []
+        applies: list[_Apply] = []
         with write_transaction(self.sessions) as session:
+            session.info[_PENDING_ADDED_KEY] = {}
             index, ran = start, 0
-            while index < len(units) and ran < _UNITS_PER_TRANSACTION:
+            while index < len(units) and ran < _UNITS_PER_TRANSACTION and not applies:
                 if index in failed:
                     index += 1
                     continue
                 try:
                     done = units[index](session)
-                    if done.events:
-                        events += append_events(session, done.events, self.clock())
-                    session.flush()  # a unit's write errors are its own, not the commit's
+                    if one_at_a_time:
+                        if done.events:
+                            events += append_events(session, done.events, self.clock())
+                        session.flush()
                 except Exception as error:
                     if is_transient_db_error(error):
                         raise
+                    if isinstance(error, SQLAlchemyError) and not one_at_a_time:
+                        raise _SharedWriteFailedError() from error
                     raise _UnitFailedError(index) from error
-                index, ran = index + 1, ran + 1
-                if done.applies:
-                    return index, events, done.applies
-        return index, events, []
+                deferred += done.events
+                _note_pending(session, done.events)
+                index, ran, applies = index + 1, ran + 1, done.applies
+            if not one_at_a_time:
+                try:
+                    if deferred:
+                        events = append_events(session, deferred, self.clock())
+                    session.flush()
+                except Exception as error:
+                    if is_transient_db_error(error):
+                        raise
+                    raise _SharedWriteFailedError() from error
+        return index, events, applies
 
     def _published(self, events: Sequence[ha_service_pb2.HaEvent]) -> None:
         if not events:
@@ -648,11 +712,14 @@ class Controller:
         self.bus.publish(events[-1].revision)
 
     def _observe_in(self, session: Session, vm: sync_service_pb2.Vm, removed: bool) -> _Work:
-        row = session.execute(_ROW_BY_UUID, {"vm_uuid": vm.uuid}).scalar_one_or_none()
+        # Rows bound to a new VM by this transaction's units: their new uuid is not flushed yet (see _read).
+        bound: dict[str, ManagedVmRow] = session.info.setdefault(_BOUND_KEY, {})
+        row = bound.get(vm.uuid) or _read(session, _ROW_BY_UUID, {"vm_uuid": vm.uuid}).scalar_one_or_none()
+        if row is not None and row.vm_uuid != vm.uuid:
+            row = None  # bound to another VM by an earlier unit
         if row is None and not removed:
-            candidate = session.execute(
-                _ROW_BY_NAME, {"cluster_id": vm.cluster_id, "name": vm.name}
-            ).scalar_one_or_none()
+            by_name = {"cluster_id": vm.cluster_id, "name": vm.name}
+            candidate = _read(session, _ROW_BY_NAME, by_name).scalar_one_or_none()
             # Bind by name a VM decided before it existed, or re-bind one whose old VM is gone.
             if candidate is not None and (candidate.vm_uuid is None or not candidate.present):
                 row = candidate
@@ -661,6 +728,7 @@ class Controller:
                         self._forget_previous_vm(row)
                     row.vm_uuid = vm.uuid
                     row.observed_revision = 0
+                    bound[vm.uuid] = row
         if row is None:
             return _Work()
         if vm.revision and vm.revision <= row.observed_revision:
@@ -700,7 +768,7 @@ class Controller:
             row.protection_state = "PENDING"
 
     def _reconcile_again(self, session: Session, row_id: int) -> _Work:
-        row = session.execute(_ROW_BY_ID, {"row_id": row_id}).scalar_one()
+        row = _read(session, _ROW_BY_ID, {"row_id": row_id}).scalar_one()
         now = self.clock()
         return self._reconcile(session, row, self._last_observation(row, now), now)
 
@@ -723,6 +791,15 @@ class Controller:
         if not isinstance(cached, HaSettings):
             cached = session.info[_SETTINGS_KEY] = load_settings(session)[0]
         return cached
+
+    @staticmethod
+    def _pending_kinds(session: Session, cluster_id: str, instance_name: str) -> list[str]:
+        """The VM's pending action kinds: those committed, and those of earlier units of this transaction (written
+        at its end, see _units_transaction)."""
+        kinds = list(_read(session, _PENDING_KINDS, {"cluster_id": cluster_id, "name": instance_name}).scalars())
+        added: dict[tuple[str, str], set[str]] = session.info.get(_PENDING_ADDED_KEY, {})
+        kinds += sorted(added.get((cluster_id, instance_name), set()).difference(kinds))
+        return kinds
 
     @staticmethod
     def _cluster_migrating(session: Session, cluster_id: str) -> bool:
@@ -772,9 +849,7 @@ class Controller:
         )
         pending = [
             dm.PendingAction(dm.ActionKind(kind), dm.ActionCause.HALTED)
-            for kind in session.execute(
-                _PENDING_KINDS, {"cluster_id": row.cluster_id, "name": row.instance_name}
-            ).scalars()
+            for kind in self._pending_kinds(session, row.cluster_id, row.instance_name)
         ]
         agent = (
             dm.AgentState(dm.AgentStatus(row.agent_status), row.agent_status_time)

@@ -3,6 +3,7 @@ the same events, deduplication and revision bookmark as one by one, and one VM's
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -11,16 +12,18 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ha_service import controller as controller_module
+from ha_service import events as events_module
 from ha_service.controller import Controller
 from ha_service.events import NOTIFICATION
-from ha_service.store.models import HaEventRow
+from ha_service.store.models import HaEventRow, ManagedVmRow
 from ha_service.testing import ManualClock, RunningHaService, running_ha_service
 from tests.ha_service.fake_sync import FakeSync
 from tests.ha_service.test_settings_decisions import decide, set_global
-from xsha_api.v1 import ha_service_pb2, sync_service_pb2
+from xsha_api.v1 import common_pb2, ha_service_pb2, sync_service_pb2
 from xsha_common.db import write_transaction
 
 NAMES = [f"i-9-{n}-VM" for n in range(1, 6)]
@@ -173,3 +176,137 @@ def test_one_vm_failing_loses_no_other_vm(
         restarted = sorted(e[2] for e in events(ha) if e[1] == "VM_RESTARTED_BY_HYPERVISOR")
         assert restarted == [n for n in NAMES if n != NAMES[2]]
         assert controller.processed_revision == fake_sync.revision
+
+
+def managed_rows(ha: RunningHaService) -> dict[str, tuple[object, ...]]:
+    """What the controller persisted of each managed VM, by name (the uuid as bound, or None)."""
+    with ha.service.sessions() as session:
+        return {
+            row.instance_name: (
+                row.vm_uuid,
+                row.present,
+                row.ever_present,
+                row.observed_power_state,
+                row.observed_host_uuid,
+                row.observed_revision,
+                row.last_running_host_uuid,
+                row.was_running,
+                row.actions_requested,
+            )
+            for row in session.execute(select(ManagedVmRow)).scalars()
+        }
+
+
+def test_vms_bound_and_rebound_within_one_batch_are_reconciled_as_one_by_one(
+    db_url: str, fake_sync: FakeSync, clock: ManualClock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decided VM's first appearance binds its row to the VM's uuid; the changes after it in the same batch must
+    find that row by the new uuid before the binding is written. Likewise a name whose VM is removed and created
+    again: the row moves to the new uuid, and the old uuid no longer finds it."""
+    fake_sync.add_pool("cs", "xs71", ha=False)
+    h1, h2 = fake_sync.add_host("cs", "h1"), fake_sync.add_host("cs", "h2")
+    with (
+        idle_ha(db_url, fake_sync, clock) as (batched_ha, batched),
+        idle_ha(f"sqlite:///{tmp_path / 'one-by-one.sqlite'}", fake_sync, clock) as (single_ha, single),
+    ):
+        for ha in (batched_ha, single_ha):
+            set_global(ha, False)
+            for name in NAMES:
+                decide(ha, "cs", name)
+        start = fake_sync.revision
+        uuids = [fake_sync.add_vm("cs", name, running_on=h1) for name in NAMES]
+        fake_sync.set_vm(uuids[0], running_on="")  # bound, then halted: an outage, one RESTART_VM
+        fake_sync.set_vm(uuids[1], running_on=h2)  # bound, then moved
+        fake_sync.remove_vm(uuids[2])  # bound, removed, created again under the same name, then halted
+        again = fake_sync.add_vm("cs", NAMES[2], running_on=h2)
+        fake_sync.set_vm(again, running_on="")
+        changes = vm_changes(list(fake_sync.changes), start)
+        counter = TransactionCounter(monkeypatch)
+
+        batched._handle_segment(list[object](changes))
+        assert counter.count == 1
+        for change in changes:
+            single._handle_segment([change])
+
+        rows = managed_rows(batched_ha)
+        assert rows == managed_rows(single_ha)
+        assert rows[NAMES[0]][:5] == (uuids[0], True, True, "Halted", "")
+        assert rows[NAMES[1]][:5] == (uuids[1], True, True, "Running", h2)
+        assert rows[NAMES[2]][:5] == (again, True, True, "Halted", "")
+        assert events(batched_ha) == events(single_ha)
+        actions = [(e[1], e[2]) for e in events(batched_ha) if e[0] == "ACTION"]
+        assert ("RESTART_VM", NAMES[0]) in actions
+
+
+def test_a_failed_shared_write_runs_the_vms_one_at_a_time_and_loses_only_the_one_at_fault(
+    db_url: str,
+    fake_sync: FakeSync,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A transaction's events are written together at its end, so a database error there names no VM: the
+    controller runs the same VMs again one at a time, which finds the VM whose write fails, and keeps the others."""
+    h1, h2 = native_pool_with_vms(fake_sync)
+    with idle_ha(db_url, fake_sync, clock) as (ha, controller):
+        decide_all(ha)
+        for name in NAMES:
+            fake_sync.add_vm("nat", name, running_on=h1, priority="restart")
+        run_batched(controller, list(fake_sync.changes))
+        before_crash = fake_sync.revision
+        fake_sync.crash_host_native(h1, restart_on=h2)
+        real_append = events_module.append_events
+        writes: list[list[str]] = []
+
+        def append(session: Session, items: Any, now: float) -> Any:
+            names = [item.instance_name for item in items]
+            writes.append(names)
+            if NAMES[2] in names:  # as a database refusing that VM's event row would
+                raise IntegrityError("INSERT INTO ha_event ...", {}, Exception("refused"))
+            return real_append(session, items, now)
+
+        monkeypatch.setattr(controller_module, "append_events", append)
+        with caplog.at_level(logging.WARNING, logger=controller_module.__name__):
+            run_batched(controller, [c for c in fake_sync.changes if c.revision > before_crash])
+
+        restarted = sorted(e[2] for e in events(ha) if e[1] == "VM_RESTARTED_BY_HYPERVISOR")
+        assert restarted == [n for n in NAMES if n != NAMES[2]]
+        assert controller.processed_revision == fake_sync.revision
+        # The shared write was tried, then each VM's events alone.
+        assert any(len(names) > 1 and NAMES[2] in names for names in writes)
+        assert [NAMES[2]] in writes
+        assert "one at a time" in caplog.text
+        assert "failed to reconcile one VM" in caplog.text
+
+
+def test_an_action_requested_earlier_in_the_batch_holds_back_the_next_as_one_by_one(
+    db_url: str, fake_sync: FakeSync, clock: ManualClock, tmp_path: Path
+) -> None:
+    """A transaction's events are written at its end, yet a later change in it must see the actions an earlier one
+    requested as pending: a console proxy halted (RESTART_SYSTEM_VM), up again, then gone gets no
+    RECREATE_SYSTEM_VM while its restart is still pending, exactly as when each change is its own transaction."""
+    fake_sync.add_pool("cs", "xs71", ha=False)
+    h1 = fake_sync.add_host("cs", "h1")
+    name = "v-7-VM"
+    with (
+        idle_ha(db_url, fake_sync, clock) as (batched_ha, batched),
+        idle_ha(f"sqlite:///{tmp_path / 'one-by-one.sqlite'}", fake_sync, clock) as (single_ha, single),
+    ):
+        for ha in (batched_ha, single_ha):
+            decide(ha, "cs", name, vm_type=common_pb2.VM_TYPE_CONSOLE_PROXY)
+        proxy = fake_sync.add_vm("cs", name, running_on=h1)
+        for controller in (batched, single):
+            run_batched(controller, list(fake_sync.changes))
+        start = fake_sync.revision
+        fake_sync.set_vm(proxy, running_on="")
+        fake_sync.set_vm(proxy, running_on=h1)
+        fake_sync.remove_vm(proxy)
+        changes = vm_changes(list(fake_sync.changes), start)
+
+        batched._handle_segment(list[object](changes))
+        for change in changes:
+            single._handle_segment([change])
+
+        actions = [(e[1], e[2]) for e in events(batched_ha) if e[0] == "ACTION"]
+        assert actions == [("RESTART_SYSTEM_VM", name)]
+        assert events(batched_ha) == events(single_ha)

@@ -7,7 +7,8 @@ until it is visible: in the mirror's table (polled every 10 ms) for sync_service
 bare loop's stdout. Because event.from hands out everything changed since the last token, a probe is visible only
 once every change made before it has been applied, so probe lag is the pipeline's lag. A trial passes when the
 probes' p99 lag is under 1 s (none lost) and xapi_sim kept up with the asked rate; the search doubles the rate
-while trials pass, then bisects.
+while trials pass, then bisects, then confirms the rate found with a trial four times as long (stepping down until
+one passes), so that a consumer slowly falling behind is not counted as keeping up.
 
 Consumers: sync_service (child process, JSON-RPC and XML-RPC, per database), the bare loop (the limit), the naive
 mirror (XenAPI SDK + one UPDATE and commit per VM event), and xapi_sim's own ceiling (produce + serve).
@@ -149,10 +150,12 @@ class Trial:
     lost: int
     applied: int | None = None
     cpu_consumer: float | None = None
+    window: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
             "rate": self.rate,
+            "window_s": self.window,
             "passed": self.passed,
             "achieved_rate": round(self.achieved_rate, 1),
             "lag_p50_s": rounded(self.lag_p50),
@@ -169,6 +172,65 @@ class Trial:
 class SearchResult:
     best: int
     trials: list[Trial] = field(default_factory=list)
+
+
+# Confirmation trials after the search before a consumer is given no sustained rate at all.
+CONFIRM_ATTEMPTS = 5
+
+
+def step_down(rate: int) -> int:
+    """The next rate to confirm after `rate` did not hold: a fifth lower, in hundreds; 0 below 100/s."""
+    lower = int(round(rate * 0.8, -2))
+    return lower if 100 <= lower < rate else (rate - 100 if rate > 100 else 0)
+
+
+def find_sustained_rate(
+    trial: Callable[[int, float], Trial], start: int, *, cap: int, window: float, confirm_window: float, bisections: int
+) -> SearchResult:
+    """Doubles the rate while trials of `window` pass (up to `cap`), then bisects between the last pass and the
+    first failure. The rate found must then pass a trial of `confirm_window`, which catches a consumer whose lag
+    grows too slowly to cross 1 s within the short window; while it does not, the rate steps down (step_down),
+    at most CONFIRM_ATTEMPTS times. The best rate is the one confirmed, or 0."""
+    result = SearchResult(best=0)
+
+    def passes(rate: int, length: float) -> bool:
+        outcome = trial(rate, length)
+        result.trials.append(outcome)
+        return outcome.passed
+
+    rate = start
+    low, high = 0, 0
+    while True:
+        if passes(rate, window):
+            low = rate
+            if rate >= cap:
+                break
+            rate = min(rate * 2, cap)
+        else:
+            high = rate
+            if low == 0:
+                if rate <= 100:
+                    break
+                rate //= 2
+                if rate < start // 8:
+                    break
+                continue
+            break
+    for _ in range(bisections):
+        if not (low and high) or high - low <= max(100, low // 10):
+            break
+        mid = int(round((low + high) / 2, -2))
+        if passes(mid, window):
+            low = mid
+        else:
+            high = mid
+    rate = low
+    for _ in range(CONFIRM_ATTEMPTS):
+        if rate <= 0 or passes(rate, confirm_window):
+            result.best = rate
+            return result
+        rate = step_down(rate)
+    return result
 
 
 class IngestRig:
@@ -188,7 +250,10 @@ class IngestRig:
         for n in range(1, PROBES + 1):
             ref = self.control.xapi("VM.get_by_name_label", f"{POOL}-vm-{n}")[0]
             self.probes.append(Probe(ref, self.control.xapi("VM.get_uuid", ref)))
-        self.window = options.size("ingest_window_ms", 4000, 2000) / 1000  # one trial's length
+        self.window = options.size("ingest_window_ms", 4000, 2000) / 1000  # one search trial's length
+        # The rate a search finds must then hold for this long: a consumer that falls behind by under 0.25 s a
+        # second still passes a 4 s window, but its lag grows past 1 s in a longer one.
+        self.confirm_window = options.size("ingest_confirm_ms", 16000, 6000) / 1000
         self.trial_no = 0
         self.last_sent: list[tuple[int, str, float]] = []
 
@@ -203,18 +268,25 @@ class IngestRig:
         wait_for(lambda: observer.seen_at(0, name) is not None, timeout, "the consumer to catch up", 0.02)
 
     def trial(
-        self, rate: int, observer: Observer, *, pid: int | None = None, applied: Callable[[], int] | None = None
+        self,
+        rate: int,
+        observer: Observer,
+        *,
+        pid: int | None = None,
+        applied: Callable[[], int] | None = None,
+        window: float | None = None,
     ) -> Trial:
+        window = window or self.window
         self.drain(observer)
         self.trial_no += 1
-        count = int(rate * self.window)
+        count = int(rate * window)
         before = self.mutations()
         applied_before = applied() if applied is not None else 0
         cpu_before = _cpu(pid)
         sent: list[tuple[int, str, float]] = []
         start = time.time()
         self.control.sim("mutate_vms", count, rate, "power_state")
-        steps = int(self.window / PROBE_INTERVAL)
+        steps = int(window / PROBE_INTERVAL)
         for i in range(steps):
             delay = start + i * PROBE_INTERVAL - time.time()
             if delay > 0:
@@ -228,11 +300,11 @@ class IngestRig:
         # xapi_sim must have produced the asked rate, else the trial measured xapi_sim, not the consumer.
         done_at = wait_for(
             lambda: time.time() if self.mutations() >= before + count else None,
-            self.window * 4 + 10,
+            window * 4 + 10,
             "xapi_sim to finish the mutations",
             0.02,
         )
-        achieved = count / max(done_at - start, self.window)
+        achieved = count / max(done_at - start, window)
         last_sent = sent[-1][2]
         deadline = max(time.time(), last_sent + MAX_LAG) + 1.0
         while time.time() < deadline and any(observer.seen_at(p, n) is None for p, n, _ in sent):
@@ -260,9 +332,10 @@ class IngestRig:
             lost=lost,
             applied=(applied() - applied_before) if applied is not None else None,
             cpu_consumer=cpu,
+            window=window,
         )
         log(
-            f"  rate {rate}/s: {'pass' if passed else 'FAIL'} p50 {trial.lag_p50 * 1000:.0f} ms "
+            f"  rate {rate}/s for {window:g} s: {'pass' if passed else 'FAIL'} p50 {trial.lag_p50 * 1000:.0f} ms "
             f"p99 {trial.lag_p99 * 1000:.0f} ms lost {lost} achieved {achieved:.0f}/s"
         )
         return trial
@@ -270,41 +343,19 @@ class IngestRig:
     def search(
         self, observer: Observer, start: int, *, pid: int | None = None, applied: Callable[[], int] | None = None
     ) -> SearchResult:
-        """Double while passing (up to the rig's cap), then bisect between the last pass and the first failure."""
-        result = SearchResult(best=0)
-        rate = start
-        low, high = 0, 0
-        while True:
-            trial = self.trial(rate, observer, pid=pid, applied=applied)
-            result.trials.append(trial)
-            if trial.passed:
-                low = rate
-                if rate >= self.cap:
-                    break
-                rate = min(rate * 2, self.cap)
-            else:
-                high = rate
-                if low == 0:
-                    if rate <= 100:
-                        break
-                    rate //= 2
-                    if rate < start // 8:
-                        break
-                    continue
-                break
-        bisections = 1 if self.options.quick else 2
-        for _ in range(bisections):
-            if not (low and high) or high - low <= max(100, low // 10):
-                break
-            mid = int(round((low + high) / 2, -2))
-            trial = self.trial(mid, observer, pid=pid, applied=applied)
-            result.trials.append(trial)
-            if trial.passed:
-                low = mid
-            else:
-                high = mid
-        result.best = low
-        return result
+        """The consumer's highest sustained rate (see find_sustained_rate)."""
+
+        def trial(rate: int, window: float) -> Trial:
+            return self.trial(rate, observer, pid=pid, applied=applied, window=window)
+
+        return find_sustained_rate(
+            trial,
+            start,
+            cap=self.cap,
+            window=self.window,
+            confirm_window=self.confirm_window,
+            bisections=1 if self.options.quick else 2,
+        )
 
     def close(self) -> None:
         self.probe_control.close()
@@ -513,6 +564,7 @@ def run(options: BenchOptions) -> list[FigureResult]:
                         "rate_cap": vms,
                         "at_cap": found.best >= vms,
                         "window_s": rig.window,
+                        "confirm_window_s": rig.confirm_window,
                         "bare_loop_changes_per_s": limit,
                         "ratio_to_bare_loop": rounded(ratio_limit, 3),
                         "naive_mirror_changes_per_s": naive_best,

@@ -17,6 +17,7 @@ TINY = {
     "ingest_vms": 200,
     "ingest_start_rate": 100,
     "ingest_window_ms": 500,
+    "ingest_confirm_ms": 1000,
     "latency_vms": 200,
     "latency_rate": 100,
     "initial_sync_vms": 200,

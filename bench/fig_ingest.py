@@ -8,7 +8,7 @@ bare loop's stdout. Because event.from hands out everything changed since the la
 once every change made before it has been applied, so probe lag is the pipeline's lag. A trial passes when the
 probes' p99 lag is under 1 s (none lost) and xapi_sim kept up with the asked rate; the search doubles the rate
 while trials pass, then bisects, then confirms the rate found with a trial four times as long (stepping down until
-one passes), so that a consumer slowly falling behind is not counted as keeping up.
+one passes, then trying halfway back up), so that a consumer slowly falling behind is not counted as keeping up.
 
 Consumers: sync_service (child process, JSON-RPC and XML-RPC, per database), the bare loop (the limit), the naive
 mirror (XenAPI SDK + one UPDATE and commit per VM event), and xapi_sim's own ceiling (produce + serve).
@@ -190,7 +190,8 @@ def find_sustained_rate(
     """Doubles the rate while trials of `window` pass (up to `cap`), then bisects between the last pass and the
     first failure. The rate found must then pass a trial of `confirm_window`, which catches a consumer whose lag
     grows too slowly to cross 1 s within the short window; while it does not, the rate steps down (step_down),
-    at most CONFIRM_ATTEMPTS times. The best rate is the one confirmed, or 0."""
+    at most CONFIRM_ATTEMPTS times, and once one holds, the rate halfway back up to the last that failed is tried
+    long as well. The best rate is the highest confirmed, or 0."""
     result = SearchResult(best=0)
 
     def passes(rate: int, length: float) -> bool:
@@ -224,12 +225,20 @@ def find_sustained_rate(
             low = mid
         else:
             high = mid
-    rate = low
+    rate, failed = low, 0
     for _ in range(CONFIRM_ATTEMPTS):
-        if rate <= 0 or passes(rate, confirm_window):
-            result.best = rate
+        if rate <= 0:
             return result
-        rate = step_down(rate)
+        if passes(rate, confirm_window):
+            result.best = rate
+            break
+        failed, rate = rate, step_down(rate)
+    else:
+        return result
+    # A step down is a fifth: one more long trial halfway back up to the rate that failed.
+    mid = int(round((result.best + failed) / 2, -2))
+    if failed and result.best < mid < failed and passes(mid, confirm_window):
+        result.best = mid
     return result
 
 

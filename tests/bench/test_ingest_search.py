@@ -36,6 +36,8 @@ def test_a_rate_that_passes_the_short_window_but_falls_behind_is_not_reported() 
     assert 0 < best <= 6000 / (1 - 1 / CONFIRM)  # holds for the whole confirmation window
     assert consumer.lag_after(best, CONFIRM) < 1.0
     assert (7000, CONFIRM) in consumer.asked  # the short windows' best was tried long, and failed
+    assert (step_down(7000), CONFIRM) in consumer.asked  # a fifth lower held
+    assert best > step_down(7000)  # and so did the rate halfway back up
     assert consumer.asked[-1] == (best, CONFIRM)
 
 

@@ -85,6 +85,8 @@ _MIGRATING_KEY = "ha_controller_migrating"
 _PENDING_ADDED_KEY = "ha_controller_pending_added"
 # VM rows bound to a new VM uuid by this transaction's units, not flushed yet: {vm_uuid: row}.
 _BOUND_KEY = "ha_controller_bound"
+# What a shared transaction read up front for its units (see Controller._prefetch): a _Prefetched.
+_PREFETCHED_KEY = "ha_controller_prefetched"
 
 
 # The statements a reconcile runs per VM, built once: under a burst (a host's VMs restarted) building them again for
@@ -95,6 +97,14 @@ _ROW_BY_NAME: Final = (
     select(ManagedVmRow)
     .where(ManagedVmRow.cluster_id == bindparam("cluster_id"), ManagedVmRow.instance_name == bindparam("name"))
     .with_for_update()
+)
+_ROWS_BY_UUIDS: Final = (
+    select(ManagedVmRow).where(ManagedVmRow.vm_uuid.in_(bindparam("uuids", expanding=True))).with_for_update()
+)
+_PENDING_KINDS_BY_NAMES: Final = select(HaEventRow.cluster_id, HaEventRow.instance_name, HaEventRow.kind).where(
+    HaEventRow.category == ACTION,
+    HaEventRow.action_state == PENDING,
+    HaEventRow.instance_name.in_(bindparam("names", expanding=True)),
 )
 _PENDING_KINDS: Final = select(HaEventRow.kind).where(
     HaEventRow.category == ACTION,
@@ -121,6 +131,17 @@ def _read(session: Session, statement: Executable, params: Mapping[str, object])
     through _PENDING_ADDED_KEY. The rows are flushed once, at the end of the transaction."""
     with session.no_autoflush:
         return session.execute(statement, params)
+
+
+@dataclass
+class _Prefetched:
+    """The rows of the VMs a shared transaction's units observe, and those rows' pending action kinds, read in two
+    statements at its start rather than two a VM. Together, units flush nothing until the end, so what a unit would
+    have read itself is what was read here; a VM not looked up here is read by the unit as before."""
+
+    uuids: set[str]
+    rows: dict[str, ManagedVmRow]  # by vm_uuid, those that exist
+    pending: dict[tuple[str, str], list[str]]  # by (cluster_id, instance_name), for every row in `rows`
 
 
 class _SharedWriteFailedError(Exception):
@@ -525,7 +546,10 @@ class Controller:
         for uuid in [u for u in self.vms if u not in listed]:
             self._cache_vm(self.vms[uuid], True)
         if snapshot.process:
-            self._run_all([partial(self._observe_in, vm=vm, removed=vm.removed) for vm in snapshot.vms])
+            self._run_all(
+                [partial(self._observe_in, vm=vm, removed=vm.removed) for vm in snapshot.vms],
+                [vm.uuid for vm in snapshot.vms],
+            )
             # Managed VMs that vanished while nobody watched.
             with self.sessions() as session:
                 gone = [
@@ -540,7 +564,9 @@ class Controller:
                 for cluster_id, name, gone_uuid in gone
                 if gone_uuid is not None
             ]
-            self._run_all([partial(self._observe_in, vm=vm, removed=True) for vm in vanished])
+            self._run_all(
+                [partial(self._observe_in, vm=vm, removed=True) for vm in vanished], [vm.uuid for vm in vanished]
+            )
             # A host that died while nobody watched: its VMs that did not change since are not among the VMs
             # observed above, so reconcile them as its death would have (idempotent for those already handled).
             for host in newly_dead:
@@ -578,18 +604,21 @@ class Controller:
         """VM changes and decisions, in order, reconciled in shared transactions (see _run_all). Each item updates
         the caches before the next one is looked at, exactly as one by one; reconciles read none of them."""
         units: list[Callable[[Session], _Work]] = []
+        uuids: list[str] = []
         changes: list[sync_service_pb2.Change] = []
         for item in items:
             if isinstance(item, sync_service_pb2.Change):
                 removed = item.type == sync_service_pb2.CHANGE_TYPE_REMOVED or item.vm.removed
                 self._cache_vm(item.vm, removed)
                 units.append(partial(self._observe_in, vm=item.vm, removed=removed))
+                uuids.append(item.vm.uuid)
                 changes.append(item)
             elif isinstance(item, tuple) and item[0] == "decision":
                 unit = self._decision_unit(str(item[1]), str(item[2]))
                 if unit is not None:
                     units.append(unit)
-        self._run_all(units)
+                    uuids.append(self.vm_by_name.get((str(item[1]), str(item[2])), ""))
+        self._run_all(units, uuids)
         for change in changes:
             self._processed(change)
 
@@ -620,7 +649,7 @@ class Controller:
         """One transaction of `work`, its events published, then its SetVmHaConfig calls."""
         self._run_all([work])
 
-    def _run_all(self, units: Sequence[Callable[[Session], _Work]]) -> None:
+    def _run_all(self, units: Sequence[Callable[[Session], _Work]], vm_uuids: Sequence[str] | None = None) -> None:
         """Each unit as `_run` would, in order, with the units sharing transactions (up to _UNITS_PER_TRANSACTION):
         per-transaction cost is paid once per burst rather than once per VM. A transaction's events are written
         together at its end (one revision allocation, one insert); each unit's actions are visible to the units
@@ -630,14 +659,16 @@ class Controller:
         transiently) is logged and left out, and the transaction runs again without it: one VM's error does not
         lose the others'. When the shared write at the end fails (other than transiently), no one unit is to blame
         yet: the same units run again one at a time, each unit's events and rows written before the next runs, which
-        names the one at fault."""
+        names the one at fault. `vm_uuids`, when given, is the VM each unit observes (see _prefetch)."""
         start = 0
         failed: set[int] = set()
         one_at_a_time = False
         while start < len(units):
             try:
                 start, events, applies = retry_transient(
-                    partial(self._units_transaction, units, start, failed, one_at_a_time=one_at_a_time)
+                    partial(
+                        self._units_transaction, units, start, failed, one_at_a_time=one_at_a_time, vm_uuids=vm_uuids
+                    )
                 )
             except _UnitFailedError as failure:
                 log.error("controller failed to reconcile one VM; the others go on", exc_info=failure.__cause__)
@@ -656,7 +687,13 @@ class Controller:
                 self._apply(apply)
 
     def _units_transaction(
-        self, units: Sequence[Callable[[Session], _Work]], start: int, failed: set[int], *, one_at_a_time: bool
+        self,
+        units: Sequence[Callable[[Session], _Work]],
+        start: int,
+        failed: set[int],
+        *,
+        one_at_a_time: bool,
+        vm_uuids: Sequence[str] | None = None,
     ) -> tuple[int, list[ha_service_pb2.HaEvent], list[_Apply]]:
         """Runs units from `start` in one transaction; the index after the last one run, its events and applies.
 
@@ -669,6 +706,8 @@ class Controller:
         applies: list[_Apply] = []
         with write_transaction(self.sessions) as session:
             session.info[_PENDING_ADDED_KEY] = {}
+            if vm_uuids is not None and not one_at_a_time:
+                self._prefetch(session, vm_uuids[start : start + _UNITS_PER_TRANSACTION])
             index, ran = start, 0
             while index < len(units) and ran < _UNITS_PER_TRANSACTION and not applies:
                 if index in failed:
@@ -700,6 +739,26 @@ class Controller:
                     raise _SharedWriteFailedError() from error
         return index, events, applies
 
+    @staticmethod
+    def _prefetch(session: Session, vm_uuids: Sequence[str]) -> None:
+        """Reads the rows of `vm_uuids` and their pending action kinds for the transaction's units (_Prefetched)."""
+        uuids = sorted(set(vm_uuids))
+        rows: dict[str, ManagedVmRow] = {}
+        pending: dict[tuple[str, str], list[str]] = {}
+        for start in range(0, len(uuids), _NAME_CHUNK):
+            for row in _read(session, _ROWS_BY_UUIDS, {"uuids": uuids[start : start + _NAME_CHUNK]}).scalars():
+                if row.vm_uuid is not None:
+                    rows[row.vm_uuid] = row
+                    pending[(row.cluster_id, row.instance_name)] = []
+        names = sorted({name for _, name in pending})
+        for start in range(0, len(names), _NAME_CHUNK):
+            chunk = {"names": names[start : start + _NAME_CHUNK]}
+            for found in _read(session, _PENDING_KINDS_BY_NAMES, chunk):
+                kinds = pending.get((found.cluster_id, found.instance_name))
+                if kinds is not None:
+                    kinds.append(found.kind)
+        session.info[_PREFETCHED_KEY] = _Prefetched(set(uuids), rows, pending)
+
     def _published(self, events: Sequence[ha_service_pb2.HaEvent]) -> None:
         if not events:
             return
@@ -714,7 +773,12 @@ class Controller:
     def _observe_in(self, session: Session, vm: sync_service_pb2.Vm, removed: bool) -> _Work:
         # Rows bound to a new VM by this transaction's units: their new uuid is not flushed yet (see _read).
         bound: dict[str, ManagedVmRow] = session.info.setdefault(_BOUND_KEY, {})
-        row = bound.get(vm.uuid) or _read(session, _ROW_BY_UUID, {"vm_uuid": vm.uuid}).scalar_one_or_none()
+        prefetched: _Prefetched | None = session.info.get(_PREFETCHED_KEY)
+        row = bound.get(vm.uuid)
+        if row is None and prefetched is not None and vm.uuid in prefetched.uuids:
+            row = prefetched.rows.get(vm.uuid)
+        elif row is None:
+            row = _read(session, _ROW_BY_UUID, {"vm_uuid": vm.uuid}).scalar_one_or_none()
         if row is not None and row.vm_uuid != vm.uuid:
             row = None  # bound to another VM by an earlier unit
         if row is None and not removed:
@@ -796,7 +860,11 @@ class Controller:
     def _pending_kinds(session: Session, cluster_id: str, instance_name: str) -> list[str]:
         """The VM's pending action kinds: those committed, and those of earlier units of this transaction (written
         at its end, see _units_transaction)."""
-        kinds = list(_read(session, _PENDING_KINDS, {"cluster_id": cluster_id, "name": instance_name}).scalars())
+        prefetched: _Prefetched | None = session.info.get(_PREFETCHED_KEY)
+        if prefetched is not None and (cluster_id, instance_name) in prefetched.pending:
+            kinds = list(prefetched.pending[(cluster_id, instance_name)])
+        else:
+            kinds = list(_read(session, _PENDING_KINDS, {"cluster_id": cluster_id, "name": instance_name}).scalars())
         added: dict[tuple[str, str], set[str]] = session.info.get(_PENDING_ADDED_KEY, {})
         kinds += sorted(added.get((cluster_id, instance_name), set()).difference(kinds))
         return kinds

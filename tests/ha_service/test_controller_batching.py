@@ -279,12 +279,14 @@ def test_a_failed_shared_write_runs_the_vms_one_at_a_time_and_loses_only_the_one
         assert "failed to reconcile one VM" in caplog.text
 
 
-def test_an_action_requested_earlier_in_the_batch_holds_back_the_next_as_one_by_one(
-    db_url: str, fake_sync: FakeSync, clock: ManualClock, tmp_path: Path
+@pytest.mark.parametrize("halt_alone", [False, True], ids=["one-batch", "halt-then-batch"])
+def test_a_pending_action_holds_back_the_next_as_one_by_one(
+    db_url: str, fake_sync: FakeSync, clock: ManualClock, tmp_path: Path, halt_alone: bool
 ) -> None:
-    """A transaction's events are written at its end, yet a later change in it must see the actions an earlier one
-    requested as pending: a console proxy halted (RESTART_SYSTEM_VM), up again, then gone gets no
-    RECREATE_SYSTEM_VM while its restart is still pending, exactly as when each change is its own transaction."""
+    """A console proxy halted (RESTART_SYSTEM_VM), up again, then gone gets no RECREATE_SYSTEM_VM while its restart
+    is still pending, exactly as when each change is its own transaction. In one batch, the restart is requested by
+    an earlier change of the same transaction, whose events are written only at its end; after a batch of its own,
+    it is a committed pending action, which the next batch reads with its VMs' rows before its first reconcile."""
     fake_sync.add_pool("cs", "xs71", ha=False)
     h1 = fake_sync.add_host("cs", "h1")
     name = "v-7-VM"
@@ -303,7 +305,8 @@ def test_an_action_requested_earlier_in_the_batch_holds_back_the_next_as_one_by_
         fake_sync.remove_vm(proxy)
         changes = vm_changes(list(fake_sync.changes), start)
 
-        batched._handle_segment(list[object](changes))
+        for segment in [changes[:1], changes[1:]] if halt_alone else [changes]:
+            batched._handle_segment(list[object](segment))
         for change in changes:
             single._handle_segment([change])
 

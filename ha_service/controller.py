@@ -98,8 +98,15 @@ _ROW_BY_NAME: Final = (
     .where(ManagedVmRow.cluster_id == bindparam("cluster_id"), ManagedVmRow.instance_name == bindparam("name"))
     .with_for_update()
 )
-_ROWS_BY_UUIDS: Final = (
-    select(ManagedVmRow).where(ManagedVmRow.vm_uuid.in_(bindparam("uuids", expanding=True))).with_for_update()
+_ROWS_BY_UUIDS_OR_IDS: Final = (
+    select(ManagedVmRow)
+    .where(
+        or_(
+            ManagedVmRow.vm_uuid.in_(bindparam("uuids", expanding=True)),
+            ManagedVmRow.id.in_(bindparam("ids", expanding=True)),
+        )
+    )
+    .with_for_update()
 )
 _PENDING_KINDS_BY_NAMES: Final = select(HaEventRow.cluster_id, HaEventRow.instance_name, HaEventRow.kind).where(
     HaEventRow.category == ACTION,
@@ -133,15 +140,21 @@ def _read(session: Session, statement: Executable, params: Mapping[str, object])
         return session.execute(statement, params)
 
 
+# The managed VM row a unit reconciles, when known before it runs: the VM's uuid (str) or the row's id (int).
+UnitRow = str | int
+
+
 @dataclass
 class _Prefetched:
-    """The rows of the VMs a shared transaction's units observe, and those rows' pending action kinds, read in two
-    statements at its start rather than two a VM. Together, units flush nothing until the end, so what a unit would
-    have read itself is what was read here; a VM not looked up here is read by the unit as before."""
+    """The rows a shared transaction's units reconcile, and those rows' pending action kinds, read in two statements
+    at its start rather than two a VM. Together, units flush nothing until the end, so what a unit would have read
+    itself is what was read here; a row not looked up here is read by the unit as before."""
 
     uuids: set[str]
+    ids: set[int]
     rows: dict[str, ManagedVmRow]  # by vm_uuid, those that exist
-    pending: dict[tuple[str, str], list[str]]  # by (cluster_id, instance_name), for every row in `rows`
+    rows_by_id: dict[int, ManagedVmRow]  # by id, those that exist
+    pending: dict[tuple[str, str], list[str]]  # by (cluster_id, instance_name), for every row read
 
 
 class _SharedWriteFailedError(Exception):
@@ -641,7 +654,7 @@ class Controller:
                     )
                 ).scalars()
             )
-        self._run_all([partial(self._reconcile_again, row_id=row_id) for row_id in ids])
+        self._run_all([partial(self._reconcile_again, row_id=row_id) for row_id in ids], ids)
 
     # --- reconcile --------------------------------------------------------------------------------------------
 
@@ -649,7 +662,7 @@ class Controller:
         """One transaction of `work`, its events published, then its SetVmHaConfig calls."""
         self._run_all([work])
 
-    def _run_all(self, units: Sequence[Callable[[Session], _Work]], vm_uuids: Sequence[str] | None = None) -> None:
+    def _run_all(self, units: Sequence[Callable[[Session], _Work]], rows: Sequence[UnitRow] | None = None) -> None:
         """Each unit as `_run` would, in order, with the units sharing transactions (up to _UNITS_PER_TRANSACTION):
         per-transaction cost is paid once per burst rather than once per VM. A transaction's events are written
         together at its end (one revision allocation, one insert); each unit's actions are visible to the units
@@ -659,16 +672,14 @@ class Controller:
         transiently) is logged and left out, and the transaction runs again without it: one VM's error does not
         lose the others'. When the shared write at the end fails (other than transiently), no one unit is to blame
         yet: the same units run again one at a time, each unit's events and rows written before the next runs, which
-        names the one at fault. `vm_uuids`, when given, is the VM each unit observes (see _prefetch)."""
+        names the one at fault. `rows`, when given, is the row each unit reconciles ("" if not known; see _prefetch)."""
         start = 0
         failed: set[int] = set()
         one_at_a_time = False
         while start < len(units):
             try:
                 start, events, applies = retry_transient(
-                    partial(
-                        self._units_transaction, units, start, failed, one_at_a_time=one_at_a_time, vm_uuids=vm_uuids
-                    )
+                    partial(self._units_transaction, units, start, failed, one_at_a_time=one_at_a_time, rows=rows)
                 )
             except _UnitFailedError as failure:
                 log.error("controller failed to reconcile one VM; the others go on", exc_info=failure.__cause__)
@@ -693,7 +704,7 @@ class Controller:
         failed: set[int],
         *,
         one_at_a_time: bool,
-        vm_uuids: Sequence[str] | None = None,
+        rows: Sequence[UnitRow] | None = None,
     ) -> tuple[int, list[ha_service_pb2.HaEvent], list[_Apply]]:
         """Runs units from `start` in one transaction; the index after the last one run, its events and applies.
 
@@ -706,8 +717,8 @@ class Controller:
         applies: list[_Apply] = []
         with write_transaction(self.sessions) as session:
             session.info[_PENDING_ADDED_KEY] = {}
-            if vm_uuids is not None and not one_at_a_time:
-                self._prefetch(session, vm_uuids[start : start + _UNITS_PER_TRANSACTION])
+            if rows is not None and not one_at_a_time:
+                self._prefetch(session, rows[start : start + _UNITS_PER_TRANSACTION])
             index, ran = start, 0
             while index < len(units) and ran < _UNITS_PER_TRANSACTION and not applies:
                 if index in failed:
@@ -740,16 +751,18 @@ class Controller:
         return index, events, applies
 
     @staticmethod
-    def _prefetch(session: Session, vm_uuids: Sequence[str]) -> None:
-        """Reads the rows of `vm_uuids` and their pending action kinds for the transaction's units (_Prefetched)."""
-        uuids = sorted(set(vm_uuids))
-        rows: dict[str, ManagedVmRow] = {}
+    def _prefetch(session: Session, unit_rows: Sequence[UnitRow]) -> None:
+        """Reads the units' rows (by VM uuid or row id) and their pending action kinds (_Prefetched)."""
+        uuids = sorted({key for key in unit_rows if isinstance(key, str) and key})
+        ids = sorted({key for key in unit_rows if isinstance(key, int)})
+        by_uuid: dict[str, ManagedVmRow] = {}
+        by_id: dict[int, ManagedVmRow] = {}
         pending: dict[tuple[str, str], list[str]] = {}
-        for start in range(0, len(uuids), _NAME_CHUNK):
-            for row in _read(session, _ROWS_BY_UUIDS, {"uuids": uuids[start : start + _NAME_CHUNK]}).scalars():
-                if row.vm_uuid is not None:
-                    rows[row.vm_uuid] = row
-                    pending[(row.cluster_id, row.instance_name)] = []
+        for row in _read(session, _ROWS_BY_UUIDS_OR_IDS, {"uuids": uuids, "ids": ids}).scalars():
+            by_id[row.id] = row
+            if row.vm_uuid is not None:
+                by_uuid[row.vm_uuid] = row
+            pending[(row.cluster_id, row.instance_name)] = []
         names = sorted({name for _, name in pending})
         for start in range(0, len(names), _NAME_CHUNK):
             chunk = {"names": names[start : start + _NAME_CHUNK]}
@@ -757,7 +770,7 @@ class Controller:
                 kinds = pending.get((found.cluster_id, found.instance_name))
                 if kinds is not None:
                     kinds.append(found.kind)
-        session.info[_PREFETCHED_KEY] = _Prefetched(set(uuids), rows, pending)
+        session.info[_PREFETCHED_KEY] = _Prefetched(set(uuids), set(ids), by_uuid, by_id, pending)
 
     def _published(self, events: Sequence[ha_service_pb2.HaEvent]) -> None:
         if not events:
@@ -832,7 +845,10 @@ class Controller:
             row.protection_state = "PENDING"
 
     def _reconcile_again(self, session: Session, row_id: int) -> _Work:
-        row = _read(session, _ROW_BY_ID, {"row_id": row_id}).scalar_one()
+        prefetched: _Prefetched | None = session.info.get(_PREFETCHED_KEY)
+        row = prefetched.rows_by_id.get(row_id) if prefetched is not None else None
+        if row is None:
+            row = _read(session, _ROW_BY_ID, {"row_id": row_id}).scalar_one()
         now = self.clock()
         return self._reconcile(session, row, self._last_observation(row, now), now)
 
@@ -1122,11 +1138,15 @@ class Controller:
             unbound = self._unbound_decisions(session)
             fencing = self._fencing_reads(session, settings, overrides) if synced else None
             current, floor = counter_values(session, EVENT_REVISION_COUNTER, EVENT_FLOOR_COUNTER)
-        units: list[Callable[[Session], _Work]] = [
-            partial(self._reconcile_again, row_id=row_id) for row_id in dict.fromkeys(row_ids)
-        ]
-        units += [unit for cluster_id, name in unbound if (unit := self._decision_unit(cluster_id, name)) is not None]
-        self._run_all(units)
+        again = list(dict.fromkeys(row_ids))
+        units: list[Callable[[Session], _Work]] = [partial(self._reconcile_again, row_id=row_id) for row_id in again]
+        rows: list[UnitRow] = list(again)
+        for cluster_id, name in unbound:
+            unit = self._decision_unit(cluster_id, name)
+            if unit is not None:
+                units.append(unit)
+                rows.append(self.vm_by_name.get((cluster_id, name), ""))
+        self._run_all(units, rows)
         if full_resync:
             self._next_full_resync = now + self.config.full_resync_interval
         if fencing is not None:

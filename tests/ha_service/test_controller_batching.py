@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -313,3 +313,53 @@ def test_a_pending_action_holds_back_the_next_as_one_by_one(
         actions = [(e[1], e[2]) for e in events(batched_ha) if e[0] == "ACTION"]
         assert actions == [("RESTART_SYSTEM_VM", name)]
         assert events(batched_ha) == events(single_ha)
+
+
+class StatementLog:
+    """The SQL statements the controller's engine runs (a cursor-execute listener), for counting reads."""
+
+    def __init__(self, ha: RunningHaService) -> None:
+        self.statements: list[str] = []
+        self.engine = ha.service.engine
+        event.listen(self.engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        self.statements.append(" ".join(statement.split()))
+
+    def reads_of(self, table: str) -> int:
+        return sum(1 for s in self.statements if s.startswith("SELECT") and f"FROM {table}" in s)
+
+    def close(self) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._record)
+
+
+@pytest.mark.parametrize("vms", [4, 12])
+def test_a_host_failure_reads_its_vms_in_a_fixed_number_of_statements(
+    db_url: str, fake_sync: FakeSync, clock: ManualClock, vms: int
+) -> None:
+    """A host's death and its VMs' restarts: the rows and pending actions are read per shared transaction, not per
+    VM, so the reads do not grow with the number of VMs (both the host's death, which reconciles its VMs by row id,
+    and the restarts that follow, by uuid)."""
+    fake_sync.add_pool("nat", "ch82", ha=True)
+    h1, h2 = fake_sync.add_host("nat", "h1"), fake_sync.add_host("nat", "h2")
+    names = [f"i-5-{n}-VM" for n in range(vms)]
+    with idle_ha(db_url, fake_sync, clock) as (ha, controller):
+        set_global(ha, True)
+        for name in names:
+            decide(ha, "nat", name)
+            fake_sync.add_vm("nat", name, running_on=h1, priority="restart")
+        run_batched(controller, list(fake_sync.changes))
+        before_crash = fake_sync.revision
+        fake_sync.crash_host_native(h1, restart_on=h2)
+        log = StatementLog(ha)
+        try:
+            segments = run_batched(controller, [c for c in fake_sync.changes if c.revision > before_crash])
+        finally:
+            log.close()
+
+        assert len(segments) == 2  # the host's death, then its VMs' changes
+        restarted = sorted(e[2] for e in events(ha) if e[1] == "VM_RESTARTED_BY_HYPERVISOR")
+        assert restarted == sorted(names)
+        # One read of the rows for the host's death (which ids), one per shared transaction after it.
+        assert log.reads_of("ha_managed_vms") <= 3
+        assert log.reads_of("ha_events") <= 2

@@ -132,10 +132,11 @@ class _UnitFailedError(Exception):
 def _read(session: Session, statement: Executable, params: Mapping[str, object]) -> Result[Any]:
     """A reconcile's read, without flushing the transaction's changed rows first: the flush before every read
     was most of a burst's cost (two a VM). Safe for the reads it runs (_ROW_BY_UUID, _ROW_BY_NAME, _ROW_BY_ID,
-    _PENDING_KINDS): a unit changes none of the columns they filter on but a VM row's uuid, which _observe_in
-    tracks itself (_BOUND_KEY); a row already loaded is returned as this transaction left it (the session's
-    identity map); a transaction's events are written at its end, and its units see each other's pending actions
-    through _PENDING_ADDED_KEY. The rows are flushed once, at the end of the transaction."""
+    _PENDING_KINDS, and the up-front _ROWS_BY_UUIDS_OR_IDS and _PENDING_KINDS_BY_NAMES): a unit changes none of
+    the columns they filter on but a VM row's uuid, which _observe_in tracks itself (_BOUND_KEY); a row already
+    loaded is returned as this transaction left it (the session's identity map); a transaction's events are written
+    at its end, and its units see each other's pending actions through _PENDING_ADDED_KEY. The rows are flushed
+    once, at the end of the transaction."""
     with session.no_autoflush:
         return session.execute(statement, params)
 
@@ -150,10 +151,9 @@ class _Prefetched:
     at its start rather than two a VM. Together, units flush nothing until the end, so what a unit would have read
     itself is what was read here; a row not looked up here is read by the unit as before."""
 
-    uuids: set[str]
-    ids: set[int]
-    rows: dict[str, ManagedVmRow]  # by vm_uuid, those that exist
-    rows_by_id: dict[int, ManagedVmRow]  # by id, those that exist
+    uuids: set[str]  # looked up: a uuid here without a row has none
+    rows_by_uuid: dict[str, ManagedVmRow]  # those that exist
+    rows_by_id: dict[int, ManagedVmRow]  # those that exist (a unit whose id is missing reads it, and fails, itself)
     pending: dict[tuple[str, str], list[str]]  # by (cluster_id, instance_name), for every row read
 
 
@@ -627,19 +627,20 @@ class Controller:
                 uuids.append(item.vm.uuid)
                 changes.append(item)
             elif isinstance(item, tuple) and item[0] == "decision":
-                unit = self._decision_unit(str(item[1]), str(item[2]))
-                if unit is not None:
-                    units.append(unit)
-                    uuids.append(self.vm_by_name.get((str(item[1]), str(item[2])), ""))
+                decision = self._decision_unit(str(item[1]), str(item[2]))
+                if decision is not None:
+                    units.append(decision[0])
+                    uuids.append(decision[1])
         self._run_all(units, uuids)
         for change in changes:
             self._processed(change)
 
-    def _decision_unit(self, cluster_id: str, instance_name: str) -> Callable[[Session], _Work] | None:
+    def _decision_unit(self, cluster_id: str, instance_name: str) -> tuple[Callable[[Session], _Work], str] | None:
+        """The unit that observes a decided VM the mirror already knows, and that VM's uuid; None if it knows none."""
         uuid = self.vm_by_name.get((cluster_id, instance_name))
         if uuid is None or uuid not in self.vms:
             return None
-        return partial(self._observe_in, vm=self.vms[uuid], removed=False)
+        return partial(self._observe_in, vm=self.vms[uuid], removed=False), uuid
 
     def _on_host_died(self, host: sync_service_pb2.Host) -> None:
         with self.sessions() as session:
@@ -672,7 +673,7 @@ class Controller:
         transiently) is logged and left out, and the transaction runs again without it: one VM's error does not
         lose the others'. When the shared write at the end fails (other than transiently), no one unit is to blame
         yet: the same units run again one at a time, each unit's events and rows written before the next runs, which
-        names the one at fault. `rows`, when given, is the row each unit reconciles ("" if not known; see _prefetch)."""
+        names the one at fault. `rows`, when given, is the row each unit reconciles (see _prefetch)."""
         start = 0
         failed: set[int] = set()
         one_at_a_time = False
@@ -753,7 +754,7 @@ class Controller:
     @staticmethod
     def _prefetch(session: Session, unit_rows: Sequence[UnitRow]) -> None:
         """Reads the units' rows (by VM uuid or row id) and their pending action kinds (_Prefetched)."""
-        uuids = sorted({key for key in unit_rows if isinstance(key, str) and key})
+        uuids = sorted({key for key in unit_rows if isinstance(key, str)})
         ids = sorted({key for key in unit_rows if isinstance(key, int)})
         by_uuid: dict[str, ManagedVmRow] = {}
         by_id: dict[int, ManagedVmRow] = {}
@@ -763,14 +764,14 @@ class Controller:
             if row.vm_uuid is not None:
                 by_uuid[row.vm_uuid] = row
             pending[(row.cluster_id, row.instance_name)] = []
+        # At most _UNITS_PER_TRANSACTION names (under _NAME_CHUNK): one statement.
         names = sorted({name for _, name in pending})
-        for start in range(0, len(names), _NAME_CHUNK):
-            chunk = {"names": names[start : start + _NAME_CHUNK]}
-            for found in _read(session, _PENDING_KINDS_BY_NAMES, chunk):
+        if names:
+            for found in _read(session, _PENDING_KINDS_BY_NAMES, {"names": names}):
                 kinds = pending.get((found.cluster_id, found.instance_name))
                 if kinds is not None:
                     kinds.append(found.kind)
-        session.info[_PREFETCHED_KEY] = _Prefetched(set(uuids), set(ids), by_uuid, by_id, pending)
+        session.info[_PREFETCHED_KEY] = _Prefetched(set(uuids), by_uuid, by_id, pending)
 
     def _published(self, events: Sequence[ha_service_pb2.HaEvent]) -> None:
         if not events:
@@ -789,7 +790,7 @@ class Controller:
         prefetched: _Prefetched | None = session.info.get(_PREFETCHED_KEY)
         row = bound.get(vm.uuid)
         if row is None and prefetched is not None and vm.uuid in prefetched.uuids:
-            row = prefetched.rows.get(vm.uuid)
+            row = prefetched.rows_by_uuid.get(vm.uuid)
         elif row is None:
             row = _read(session, _ROW_BY_UUID, {"vm_uuid": vm.uuid}).scalar_one_or_none()
         if row is not None and row.vm_uuid != vm.uuid:
@@ -1142,10 +1143,10 @@ class Controller:
         units: list[Callable[[Session], _Work]] = [partial(self._reconcile_again, row_id=row_id) for row_id in again]
         rows: list[UnitRow] = list(again)
         for cluster_id, name in unbound:
-            unit = self._decision_unit(cluster_id, name)
-            if unit is not None:
-                units.append(unit)
-                rows.append(self.vm_by_name.get((cluster_id, name), ""))
+            decision = self._decision_unit(cluster_id, name)
+            if decision is not None:
+                units.append(decision[0])
+                rows.append(decision[1])
         self._run_all(units, rows)
         if full_resync:
             self._next_full_resync = now + self.config.full_resync_interval

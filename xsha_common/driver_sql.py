@@ -19,13 +19,15 @@ listeners, statements go through `exec_driver_sql` so the listeners see them.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import operator
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Table, bindparam, update
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import MultipleResultsFound, NoResultFound
 from sqlalchemy.sql import Select
@@ -97,6 +99,7 @@ class DriverSql:
         # assignment is atomic.
         self._compiled: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
         self._queries: dict[Select[Any], DriverQuery] = {}
+        self._joined_updates: dict[tuple[Table, tuple[str, ...]], JoinedUpdate] = {}
 
     def executemany(
         self, connection: Connection, statement: Insert | Update, rows: Sequence[Mapping[str, Any]]
@@ -106,6 +109,26 @@ class DriverSql:
             return
         compiled = self.compiled(statement, tuple(rows[0]))
         run_on_driver(connection, compiled.sql, compiled.parameters(rows), many=True)
+
+    def update_by_id(self, connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Sets each row's values on `table`'s row whose `id` is the row's `row_id` (every row with the same keys,
+        each id at most once). On MySQL and MariaDB, one statement per `UPDATE_CHUNK` rows: PyMySQL runs an
+        UPDATE executemany as one round trip per row. Elsewhere, an executemany of `UPDATE ... WHERE id = ?`."""
+        if not rows:
+            return
+        keys = tuple(rows[0])
+        _updated_columns(table, keys)
+        if not _is_mysql(self.dialect):
+            self.executemany(connection, _update_by_row_id(table), rows)
+            return
+        cache_key = (table, keys)
+        joined = self._joined_updates.get(cache_key)
+        if joined is None:
+            joined = JoinedUpdate.build(table, keys, self.dialect)
+            self._joined_updates[cache_key] = joined
+        for start in range(0, len(rows), UPDATE_CHUNK):
+            chunk = rows[start : start + UPDATE_CHUNK]
+            run_on_driver(connection, joined.sql(len(chunk)), joined.parameters(chunk))
 
     def compiled(self, statement: Insert | Update, keys: tuple[str, ...]) -> DriverStatement:
         cache_key = (statement, keys)
@@ -145,6 +168,83 @@ class DriverSql:
             found = compile_query_for_driver(query, self.dialect)
             self._queries[query] = found
         return found
+
+
+# Rows per MySQL multi-row UPDATE: 500 rows of a VM's columns are about 150 KB of SQL, far below the server's
+# max_allowed_packet (16 MB by default on MariaDB, 64 MB on MySQL 8).
+UPDATE_CHUNK: Final = 500
+
+
+def _is_mysql(dialect: Dialect) -> bool:
+    return dialect.name in ("mysql", "mariadb")
+
+
+@functools.cache
+def _update_by_row_id(table: Table) -> Update:
+    return update(table).where(table.c.id == bindparam("row_id"))
+
+
+def _updated_columns(table: Table, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The columns an update by id sets: `keys` but `row_id`. Raises ValueError unless `table`'s primary key is
+    `id` and the columns are some of its others, with `row_id` beside them."""
+    if [column.name for column in table.primary_key.columns] != ["id"]:
+        raise ValueError(f"an update by id needs a table whose primary key is id, not {table.name}")
+    columns = tuple(key for key in keys if key != "row_id")
+    if "row_id" not in keys or not columns or "id" in columns:
+        raise ValueError(f"an update by id needs row_id and at least one column other than id, not {list(keys)}")
+    unknown = [name for name in columns if name not in table.c]
+    if unknown:
+        raise ValueError(f"{table.name} has no column(s) {', '.join(unknown)}")
+    return columns
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedUpdate:
+    """A multi-row UPDATE for MySQL and MariaDB: the rows' values as a derived table of `SELECT ... UNION ALL
+    SELECT ...`, joined to the table by id, and only the columns given set. Against the multi-row
+    `INSERT ... ON DUPLICATE KEY UPDATE` it replaces, which must carry every NOT NULL column, a power flip's 7
+    changed columns of 250 VM rows took 5.2 ms instead of 7.4 ms, 0.9 ms of client CPU instead of 2.2 ms (MariaDB
+    10.11, 20,000 rows). STRAIGHT_JOIN and FORCE INDEX keep the plan the derived table first, then the table's
+    rows by primary key, so the statement locks the rows it updates and no others: left to itself, the optimizer
+    scanned a small table first and locked every row of it, other writers' rows too."""
+
+    head: str  # `UPDATE (SELECT %s AS id, %s AS c1, ...`
+    more: str  # ` UNION ALL SELECT %s, %s, ...`, once per further row
+    tail: str  # `) AS v STRAIGHT_JOIN table AS t ON t.id = v.id SET t.c1 = v.c1, ...`
+    keys: tuple[str, ...]  # row keys in parameter order, `row_id` first
+    processors: tuple[tuple[int, Processor], ...]  # (position in `keys`, bind processor)
+
+    @classmethod
+    def build(cls, table: Table, keys: tuple[str, ...], dialect: Dialect) -> JoinedUpdate:
+        columns = _updated_columns(table, keys)
+        quote = dialect.identifier_preparer.quote
+        head = "UPDATE (SELECT %s AS id, " + ", ".join(f"%s AS {quote(name)}" for name in columns)
+        more = " UNION ALL SELECT " + ", ".join(["%s"] * (len(columns) + 1))
+        assignments = ", ".join(f"t.{quote(name)} = v.{quote(name)}" for name in columns)
+        target = dialect.identifier_preparer.format_table(table)
+        tail = f") AS v STRAIGHT_JOIN {target} AS t FORCE INDEX (PRIMARY) ON t.id = v.id SET {assignments}"
+        processors = tuple(
+            (position, process)
+            for position, name in enumerate(columns, start=1)
+            if (process := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        )
+        return cls(head, more, tail, ("row_id", *columns), processors)
+
+    def sql(self, rows: int) -> str:
+        return self.head + self.more * (rows - 1) + self.tail
+
+    def parameters(self, rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+        pick = operator.itemgetter(*self.keys)
+        if not self.processors:
+            return tuple(itertools.chain.from_iterable(map(pick, rows)))
+        values: list[Any] = []
+        for row in rows:
+            row_values = list(pick(row))
+            for position, process in self.processors:
+                if row_values[position] is not None:
+                    row_values[position] = process(row_values[position])
+            values.extend(row_values)
+        return tuple(values)
 
 
 Description = Sequence[Sequence[Any]]

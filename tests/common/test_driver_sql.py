@@ -30,6 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 
+from xsha_common import driver_sql
 from xsha_common.db import is_transient_db_error
 from xsha_common.driver_sql import DriverSql, InListQuery, compile_for_driver, compile_query_for_driver
 
@@ -286,3 +287,92 @@ def test_cursor_listeners_see_driver_statements(engine: Engine) -> None:
         "SELECT",
         "INSERT",
     ]
+
+
+def _tricky_changes(stored: list[tuple[Any, ...]], later: dt.datetime) -> list[dict[str, Any]]:
+    """Values of every column type, with quotes, backslashes, NULLs and a shared timestamp."""
+    return [
+        {
+            "row_id": row[0],
+            "name": ["it's", 'say "hi"', "back\\slash", "", "naïve"][i % 5] + f"-{i}",
+            "flag": not row[4],
+            "seen": None if i % 3 == 0 else later,
+            "blob": bytes([0, 39, 92, i % 256]),
+            "weight": None if i % 2 else -i / 8,
+        }
+        for i, row in enumerate(stored)
+    ]
+
+
+@pytest.mark.parametrize("chunk", [500, 5])
+def test_an_update_by_id_stores_what_connection_execute_stores(
+    engine: Engine, chunk: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(driver_sql, "UPDATE_CHUNK", chunk)
+    _filled(engine, 12)
+    original = _stored(engine)
+    changes = _tricky_changes(original[::2], dt.datetime(2026, 11, 27, 18, 0, 0, 250))  # every other row
+    by_id = update(things).where(things.c.id == bindparam("row_id"))
+
+    def restore() -> None:
+        with engine.begin() as connection:
+            rows = [{"row_id": row[0], **dict(zip(things.c.keys()[1:], row[1:], strict=True))} for row in original]
+            connection.execute(by_id, rows)
+        assert _stored(engine) == original
+
+    with engine.begin() as connection:
+        connection.execute(by_id, changes)
+    expected, expected_raw = _stored(engine), _raw_seen(engine)
+    restore()
+    sql = DriverSql(engine.dialect)
+    with engine.begin() as connection:  # straight on the driver's cursor
+        sql.update_by_id(connection, things, changes)
+    assert _stored(engine) == expected
+    assert _raw_seen(engine) == expected_raw
+    assert [row[3] for row in _stored(engine)] == [row[3] for row in original]  # columns no row named stay
+
+    restore()
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with engine.begin() as connection:  # through exec_driver_sql, which listeners see
+            sql.update_by_id(connection, things, changes)
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert _stored(engine) == expected
+    updates = [statement for statement in statements if statement.startswith("UPDATE")]
+    if engine.dialect.name in ("mysql", "mariadb"):  # one multi-row statement per chunk
+        assert len(updates) == -(-len(changes) // chunk)
+    else:  # one executemany
+        assert len(updates) == 1
+
+
+def test_updates_by_id_without_a_row_id_or_a_column_are_refused(engine: Engine) -> None:
+    sql = DriverSql(engine.dialect)
+    with engine.begin() as connection:
+        for keys in (("name",), ("row_id",), ("row_id", "id", "name"), ("row_id", "colour")):
+            with pytest.raises(ValueError, match=r"row_id|colour"):
+                sql.update_by_id(connection, things, [dict.fromkeys(keys, 1)])
+
+
+def test_an_update_by_id_on_mysql_locks_only_the_rows_it_updates(engine: Engine) -> None:
+    """On a table of a few rows, MariaDB's optimizer would scan the table and lock every row: another writer's
+    update of a row outside the statement would wait. Under REPEATABLE READ, which keeps the locks of the rows a
+    statement reads, the other writer's update goes through at once."""
+    if engine.dialect.name not in ("mysql", "mariadb"):
+        pytest.skip("MySQL and MariaDB only: the other databases' update by id is a plain UPDATE ... WHERE id = ?")
+    _filled(engine, 3)
+    ids = [row[0] for row in _stored(engine)]
+    with engine.connect() as updater, engine.connect() as other:
+        updater = updater.execution_options(isolation_level="REPEATABLE READ")
+        with updater.begin():
+            held = [{"row_id": row_id, "name": "held"} for row_id in ids[:2]]  # one row would be a constant table
+            DriverSql(engine.dialect).update_by_id(updater, things, held)
+            with other.begin():
+                other.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
+                other.execute(update(things).where(things.c.id == ids[2]).values(name="not waiting"))
+    assert [row[1] for row in _stored(engine)] == ["held", "held", "not waiting"]

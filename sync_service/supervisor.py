@@ -6,12 +6,13 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 
 from sync_service.crypto import CredentialsCipher
 from sync_service.leases import PoolLeases
 from sync_service.metrics import SyncMetrics
-from sync_service.store.repository import Repository
+from sync_service.store.repository import COMPACT_CHUNK, Repository
 from sync_service.watcher import PoolWatcher, WatcherSettings
 
 log = logging.getLogger(__name__)
@@ -22,6 +23,12 @@ class RetentionSettings:
     keep_changes: int = 100_000
     keep_seconds: float = 7 * 24 * 3600.0
     interval_seconds: float = 60.0
+    # A round of compaction deletes in steps of `step_revisions` changes, each its own transaction and each
+    # followed by a pause as long as it took, so the writers beside it keep at least half of the database. It
+    # stops after `round_seconds`, which keeps the lease renewals of the same thread on time; the next
+    # housekeeping round goes on where it stopped.
+    step_revisions: int = COMPACT_CHUNK
+    round_seconds: float = 1.0
 
 
 def default_owner() -> str:
@@ -156,10 +163,22 @@ class Supervisor:
                     watcher.start()
                     log.info("watching pool", extra={"cluster_id": cluster_id})
 
-    def compact(self) -> int:
-        return self.repository.compact(
-            keep_changes=self.retention.keep_changes, keep_seconds=self.retention.keep_seconds
-        )
+    def compact(self) -> bool:
+        """One round of change-log retention (see RetentionSettings); True once the log is within it."""
+        retention = self.retention
+        started = time.monotonic()
+        while True:
+            step_started = time.monotonic()
+            step = self.repository.compact(
+                keep_changes=retention.keep_changes,
+                keep_seconds=retention.keep_seconds,
+                max_revisions=retention.step_revisions,
+            )
+            if step.finished:
+                return True
+            took = time.monotonic() - step_started
+            if time.monotonic() + took - started >= retention.round_seconds or self._stop.wait(took):
+                return False
 
     def _housekeeping(self) -> None:
         since_compaction = 0.0
@@ -170,8 +189,7 @@ class Supervisor:
             try:
                 self.reconcile()
                 since_compaction += interval
-                if since_compaction >= self.retention.interval_seconds:
+                if since_compaction >= self.retention.interval_seconds and self.compact():
                     since_compaction = 0.0
-                    self.compact()
             except Exception:
                 log.warning("supervisor housekeeping failed; retrying", exc_info=True)

@@ -74,6 +74,9 @@ from xsha_common.group_commit import GroupCommit
 log = logging.getLogger(__name__)
 
 _IN_CHUNK: Final = 500
+# Changes deleted per compaction transaction: about 0.1 s of MariaDB's time (20-120 ms measured) and 10-90 ms of
+# PostgreSQL's, for changes of a VM's size.
+COMPACT_CHUNK: Final = 10_000
 
 # VM rows kept for the next batches on MySQL and MariaDB, where PyMySQL decodes each column of a row read in Python
 # (about 430 bytes a row beside the facts the watchers hold anyway). SQLite reads rows in C, and there the cache's
@@ -161,6 +164,15 @@ class Batch:
 class BatchResult:
     revisions: int
     last_revision: int
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """One compaction step's outcome: the compacted-through revision, and whether the change log is now within
+    the retention (else more steps are due)."""
+
+    compacted_through: int
+    finished: bool
 
 
 @dataclass(frozen=True)
@@ -1438,17 +1450,23 @@ class Repository:
 
     # -------------------------------------------------------------------------------------- retention
 
-    def compact(self, *, keep_changes: int, keep_seconds: float) -> int:
-        """Apply the change-log retention; returns the new compacted-through revision."""
+    def compact(self, *, keep_changes: int, keep_seconds: float, max_revisions: int = COMPACT_CHUNK) -> Compaction:
+        """One step of the change-log retention, in its own transaction: deletes the changes the retention lets go
+        of, at most `max_revisions` of them, oldest first, and advances the compacted-through revision past them.
+        Bounded so no transaction deletes a whole backlog at once: at 7,000 changes/s, a minute's 300,000 or so
+        rows in one MariaDB DELETE took over a second of the server and stalled the ingest beside it. The caller
+        repeats until `finished`. The removed VM and host rows the change log no longer needs go in the last step."""
+        if max_revisions < 1:
+            raise ValueError("max_revisions must be at least 1")
         now = self.clock()
         with write_transaction(self.sessions) as session:
             compacted = session.execute(
                 select(CounterRow).where(CounterRow.name == COMPACTED_THROUGH).with_for_update()
             ).scalar_one()
             last = self._counter(session, REVISION_COUNTER)
-            cutoff = compacted.value
+            target = compacted.value
             if keep_changes > 0:
-                cutoff = max(cutoff, last - keep_changes)
+                target = max(target, last - keep_changes)
             if keep_seconds > 0:
                 old = session.execute(
                     select(func.max(ChangeRow.revision)).where(
@@ -1456,15 +1474,21 @@ class Repository:
                     )
                 ).scalar()
                 if old is not None:
-                    cutoff = max(cutoff, int(old))
-            if cutoff > compacted.value:
-                session.execute(delete(ChangeRow).where(ChangeRow.revision <= cutoff))
-                compacted.value = cutoff
+                    target = max(target, int(old))
+            lower = compacted.value
+            upper = min(target, lower + max_revisions)
+            if upper > lower:
+                # Bounded below as well: the rows under `lower` are gone, but a DELETE of `revision <= upper`
+                # would still walk their index entries until the database purged them.
+                session.execute(delete(ChangeRow).where(ChangeRow.revision > lower, ChangeRow.revision <= upper))
+                compacted.value = upper
+            finished = upper >= target
+            if finished:
                 # Removed rows are kept only while the change log may still need them.
-                session.execute(delete(VmRow).where(VmRow.removed.is_(True), VmRow.revision <= cutoff))
-                session.execute(delete(HostRow).where(HostRow.removed.is_(True), HostRow.revision <= cutoff))
-            session.execute(delete(RequestRow).where(RequestRow.create_time < now - dt.timedelta(days=1)))
-            return int(compacted.value)
+                session.execute(delete(VmRow).where(VmRow.removed.is_(True), VmRow.revision <= upper))
+                session.execute(delete(HostRow).where(HostRow.removed.is_(True), HostRow.revision <= upper))
+                session.execute(delete(RequestRow).where(RequestRow.create_time < now - dt.timedelta(days=1)))
+            return Compaction(compacted_through=int(upper), finished=finished)
 
     def request_seen(self, request_id: str) -> bool:
         with self.sessions() as session:
@@ -1476,6 +1500,7 @@ __all__ = [
     "BatchResult",
     "ChangeNotifier",
     "ChangeRead",
+    "Compaction",
     "LeaseLostError",
     "Page",
     "PoolConfig",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,6 +19,7 @@ from sync_service.store.repository import (
     ANALYZE_AFTER_FULL_LIST_OF,
     MYSQL_VM_ROW_CACHE_SIZE,
     Batch,
+    Compaction,
     Repository,
     StaleWatcherError,
 )
@@ -347,6 +349,43 @@ def test_a_group_with_two_batches_of_one_pool_writes_them_in_order(db_url: str) 
         engine.dispose()
 
 
+def test_compaction_deletes_in_bounded_steps_and_the_removed_rows_with_the_last(repository: Repository) -> None:
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True))
+    repository.apply_batch(Batch("c1", 1, "t2", removed_vm_uuids=["b"]))
+    for round_ in range(10):
+        repository.apply_batch(Batch("c1", 1, f"t{round_ + 3}", vms=[_facts("a", order=round_ + 1)]))
+    last = repository.current_revision()
+    start = repository.compacted_through()
+
+    def revisions() -> list[int]:
+        payloads = repository.read_changes(0, kinds=(), cluster_id="", limit=1000).payloads
+        return [sync_service_pb2.Change.FromString(payload).revision for payload in payloads]
+
+    def vm_rows(uuid: str) -> int:
+        with repository.engine.connect() as connection:
+            return int(
+                connection.execute(text("SELECT COUNT(*) FROM sync_vms WHERE uuid = :u"), {"u": uuid}).scalar_one()
+            )
+
+    assert revisions()[0] <= start + 1 and revisions()[-1] == last
+    steps: list[Compaction] = []
+    while not steps or not steps[-1].finished:
+        steps.append(repository.compact(keep_changes=3, keep_seconds=0, max_revisions=2))
+        through = steps[-1].compacted_through
+        assert repository.compacted_through() == through
+        assert revisions() == list(range(through + 1, last + 1))  # exactly the changes above it are left
+        assert vm_rows("b") == (0 if steps[-1].finished else 1)  # the removed row goes with the last step
+        assert len(steps) < 100
+    throughs = [start] + [step.compacted_through for step in steps]
+    assert throughs[-1] == last - 3 and len(steps) >= 3
+    assert all(0 < later - earlier <= 2 for earlier, later in itertools.pairwise(throughs))
+    assert vm_rows("a") == 1
+    assert repository.compact(keep_changes=3, keep_seconds=0) == Compaction(last - 3, finished=True)  # nothing due
+    with pytest.raises(ValueError, match="max_revisions"):
+        repository.compact(keep_changes=3, keep_seconds=0, max_revisions=0)
+
+
 @pytest.mark.parametrize("db_backend", ["sqlite"])
 def test_retention_answers_out_of_range(db_url: str, make_sync: Any) -> None:
     sync: RunningSyncService = make_sync(db_url)
@@ -355,7 +394,7 @@ def test_retention_answers_out_of_range(db_url: str, make_sync: Any) -> None:
     for round_ in range(10):
         repository.apply_batch(Batch("c1", 1, f"t{round_}", vms=[_facts("a", order=round_)]))
     last = repository.current_revision()
-    assert repository.compact(keep_changes=3, keep_seconds=0) == last - 3
+    assert repository.compact(keep_changes=3, keep_seconds=0) == Compaction(compacted_through=last - 3, finished=True)
     with pytest.raises(grpc.RpcError) as info:
         next(iter(sync.stub.WatchChanges(sync_service_pb2.WatchChangesRequest(since_revision=1), timeout=5)))
     assert isinstance(info.value, grpc.Call) and info.value.code() == grpc.StatusCode.OUT_OF_RANGE

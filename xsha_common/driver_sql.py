@@ -19,11 +19,10 @@ listeners, statements go through `exec_driver_sql` so the listeners see them.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import operator
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -99,7 +98,7 @@ class DriverSql:
         # assignment is atomic.
         self._compiled: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
         self._queries: dict[Select[Any], DriverQuery] = {}
-        self._joined_updates: dict[tuple[Table, tuple[str, ...]], JoinedUpdate] = {}
+        self._updates_by_id: dict[tuple[Table, tuple[str, ...]], JoinedUpdate | Update] = {}
 
     def executemany(
         self, connection: Connection, statement: Insert | Update, rows: Sequence[Mapping[str, Any]]
@@ -116,19 +115,21 @@ class DriverSql:
         UPDATE executemany as one round trip per row. Elsewhere, an executemany of `UPDATE ... WHERE id = ?`."""
         if not rows:
             return
-        keys = tuple(rows[0])
-        _updated_columns(table, keys)
-        if not _is_mysql(self.dialect):
-            self.executemany(connection, _update_by_row_id(table), rows)
+        cache_key = (table, tuple(rows[0]))
+        statement = self._updates_by_id.get(cache_key)
+        if statement is None:  # checked and built once per table and key set
+            columns = _updated_columns(*cache_key)
+            if _is_mysql(self.dialect):
+                statement = JoinedUpdate.build(table, columns, self.dialect)
+            else:
+                statement = update(table).where(table.c.id == bindparam("row_id"))
+            self._updates_by_id[cache_key] = statement
+        if not isinstance(statement, JoinedUpdate):
+            self.executemany(connection, statement, rows)
             return
-        cache_key = (table, keys)
-        joined = self._joined_updates.get(cache_key)
-        if joined is None:
-            joined = JoinedUpdate.build(table, keys, self.dialect)
-            self._joined_updates[cache_key] = joined
         for start in range(0, len(rows), UPDATE_CHUNK):
             chunk = rows[start : start + UPDATE_CHUNK]
-            run_on_driver(connection, joined.sql(len(chunk)), joined.parameters(chunk))
+            run_on_driver(connection, statement.sql(len(chunk)), statement.parameters(chunk))
 
     def compiled(self, statement: Insert | Update, keys: tuple[str, ...]) -> DriverStatement:
         cache_key = (statement, keys)
@@ -179,11 +180,6 @@ def _is_mysql(dialect: Dialect) -> bool:
     return dialect.name in ("mysql", "mariadb")
 
 
-@functools.cache
-def _update_by_row_id(table: Table) -> Update:
-    return update(table).where(table.c.id == bindparam("row_id"))
-
-
 def _updated_columns(table: Table, keys: tuple[str, ...]) -> tuple[str, ...]:
     """The columns an update by id sets: `keys` but `row_id`. Raises ValueError unless `table`'s primary key is
     `id` and the columns are some of its others, with `row_id` beside them."""
@@ -210,13 +206,13 @@ class JoinedUpdate:
 
     head: str  # `UPDATE (SELECT %s AS id, %s AS c1, ...`
     more: str  # ` UNION ALL SELECT %s, %s, ...`, once per further row
-    tail: str  # `) AS v STRAIGHT_JOIN table AS t ON t.id = v.id SET t.c1 = v.c1, ...`
+    tail: str  # `) AS v STRAIGHT_JOIN table AS t FORCE INDEX (PRIMARY) ON t.id = v.id SET t.c1 = v.c1, ...`
     keys: tuple[str, ...]  # row keys in parameter order, `row_id` first
     processors: tuple[tuple[int, Processor], ...]  # (position in `keys`, bind processor)
 
     @classmethod
-    def build(cls, table: Table, keys: tuple[str, ...], dialect: Dialect) -> JoinedUpdate:
-        columns = _updated_columns(table, keys)
+    def build(cls, table: Table, columns: tuple[str, ...], dialect: Dialect) -> JoinedUpdate:
+        """The statement setting `columns` (checked by _updated_columns) from rows that also carry `row_id`."""
         quote = dialect.identifier_preparer.quote
         head = "UPDATE (SELECT %s AS id, " + ", ".join(f"%s AS {quote(name)}" for name in columns)
         more = " UNION ALL SELECT " + ", ".join(["%s"] * (len(columns) + 1))
@@ -234,17 +230,14 @@ class JoinedUpdate:
         return self.head + self.more * (rows - 1) + self.tail
 
     def parameters(self, rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
-        pick = operator.itemgetter(*self.keys)
-        if not self.processors:
-            return tuple(itertools.chain.from_iterable(map(pick, rows)))
-        values: list[Any] = []
-        for row in rows:
-            row_values = list(pick(row))
+        """The rows' values in the statement's order, one flat tuple (`keys` has two or more: a tuple a row)."""
+        picked: Iterable[Sequence[Any]] = map(operator.itemgetter(*self.keys), rows)
+        if self.processors:
+            lists = [list(values) for values in picked]
             for position, process in self.processors:
-                if row_values[position] is not None:
-                    row_values[position] = process(row_values[position])
-            values.extend(row_values)
-        return tuple(values)
+                _process_column(lists, position, process)
+            picked = lists
+        return tuple(itertools.chain.from_iterable(picked))
 
 
 Description = Sequence[Sequence[Any]]

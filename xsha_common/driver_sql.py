@@ -24,7 +24,7 @@ import operator
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from sqlalchemy import Table, bindparam, update
 from sqlalchemy.engine import Connection, Dialect
@@ -99,6 +99,7 @@ class DriverSql:
         self._compiled: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
         self._queries: dict[Select[Any], DriverQuery] = {}
         self._updates_by_id: dict[tuple[Table, tuple[str, ...]], JoinedUpdate | Update] = {}
+        self._copies: dict[tuple[Insert, tuple[str, ...]], str] = {}
 
     def executemany(
         self, connection: Connection, statement: Insert | Update, rows: Sequence[Mapping[str, Any]]
@@ -108,6 +109,41 @@ class DriverSql:
             return
         compiled = self.compiled(statement, tuple(rows[0]))
         run_on_driver(connection, compiled.sql, compiled.parameters(rows), many=True)
+
+    def insert_many(self, connection: Connection, statement: Insert, rows: Sequence[Mapping[str, Any]]) -> None:
+        """`executemany(statement, rows)`, or on PostgreSQL through psycopg one COPY of the rows into the
+        statement's table: the server parses one stream instead of a statement a row, and the client binds no
+        statement a row. It copies only when every bind is a row's key and none has a bind processor (otherwise
+        it runs the executemany): COPY fills no column default and takes the values as psycopg adapts them."""
+        if not rows:
+            return
+        if not _copies(connection):
+            self.executemany(connection, statement, rows)
+            return
+        keys = tuple(rows[0])
+        sql = self._copies.get((statement, keys))
+        if sql is None:
+            compiled = self.compiled(statement, keys)
+            if compiled.constants or compiled.processors or set(compiled.names) != set(keys):
+                # Column defaults to fill or values to process: what COPY would not do.
+                self.executemany(connection, statement, rows)
+                return
+            table = cast(Table, statement.table)
+            quote = self.dialect.identifier_preparer
+            columns = ", ".join(quote.format_column(table.c[key]) for key in keys)
+            sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
+            self._copies[(statement, keys)] = sql
+        pick = operator.itemgetter(*keys)
+        cursor = None
+        try:
+            cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]  # a live one has it
+            with cursor.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(pick(row) if len(keys) > 1 else (pick(row),))
+        except BaseException as error:
+            # As run_on_driver: SQLAlchemy's handling of a driver error, for the callers' retries.
+            connection._handle_dbapi_exception(error, sql, rows, cursor, None)
+        cursor.close()
 
     def update_by_id(self, connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Sets each row's values on `table`'s row whose `id` is the row's `row_id` (every row with the same keys,
@@ -241,6 +277,16 @@ class JoinedUpdate:
 
 
 Description = Sequence[Sequence[Any]]
+
+
+def _copies(connection: Connection) -> bool:
+    """Whether insert_many copies: psycopg on PostgreSQL, and no cursor-execute listener that would miss a COPY."""
+    dialect = connection.dialect
+    return (
+        dialect.name == "postgresql"
+        and dialect.driver == "psycopg"
+        and not (connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute)
+    )
 
 
 def run_on_driver(

@@ -697,7 +697,7 @@ class Repository:
         connection = session.connection()
         if group.unsaved:
             connection.execute(_ADVANCE_REVISION, {"count": group.unsaved})
-        self._sql.executemany(connection, _INSERT_CHANGES, group.log_rows)
+        self._sql.insert_many(connection, _INSERT_CHANGES, group.log_rows)
         rows = [{"pool_id": pool_id, **values} for pool_id, values in group.bookkeeping.items()]
         for same_keys in _by_keys(rows):
             keys = tuple(key for key in same_keys[0] if key != "pool_id")
@@ -772,7 +772,7 @@ class Repository:
         )
         self._upsert(session, HostRow, host_updates, row_ids["host"] if row_ids is not None else None, group=group)
         if group is None:
-            self._sql.executemany(session.connection(), _INSERT_CHANGES, log_rows)
+            self._sql.insert_many(session.connection(), _INSERT_CHANGES, log_rows)
         else:
             group.log_rows.extend(log_rows)
         return revision - 1

@@ -1,5 +1,6 @@
 """DriverSql: an executemany through the driver stores exactly what `Connection.execute` stores, and a read returns
-what it returns and raises what it raises, on every backend."""
+what it returns and raises what it raises, on every backend; insert_many (a COPY on PostgreSQL) stores what the
+executemany stores."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    TypeDecorator,
     bindparam,
     event,
     insert,
@@ -27,7 +29,8 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import sqlite
+from sqlalchemy.dialects import mysql, sqlite
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, MultipleResultsFound, NoResultFound
 
 from xsha_common import driver_sql
@@ -376,3 +379,122 @@ def test_an_update_by_id_on_mysql_locks_only_the_rows_it_updates(engine: Engine)
                 other.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
                 other.execute(update(things).where(things.c.id == ids[2]).values(name="not waiting"))
     assert [row[1] for row in _stored(engine)] == ["held", "held", "not waiting"]
+
+
+changes_log = Table(
+    "bulk_log",
+    metadata,
+    Column("revision", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(16)),
+    Column("commit_time", DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")),
+    Column("payload", LargeBinary),
+)
+
+
+class PlainBytes(TypeDecorator[bytes]):
+    """Bytes bound as they are, as sync_service binds its change-log payloads: no processor stands in COPY's way."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
+# As sync_service's change-log insert.
+insert_log = insert(changes_log).values(payload=bindparam("payload", type_=PlainBytes()))
+
+
+def _log_rows(first: int, count: int) -> list[dict[str, Any]]:
+    # What COPY's text format must escape: tabs, newlines, backslashes, NUL bytes, and a late-night microsecond.
+    when = dt.datetime(2026, 11, 28, 23, 59, 59, 999_999)
+    return [
+        {
+            "revision": first + i,
+            "kind": ["vm", "tab\there", "line\nbreak\\", "naïve ✓"][i % 4],
+            "commit_time": when - dt.timedelta(microseconds=i),
+            "payload": bytes([0, 9, 10, 13, 92, i % 256]) + b"\\N\x00",
+        }
+        for i in range(count)
+    ]
+
+
+def _stored_log(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(select(changes_log).order_by(changes_log.c.revision))]
+
+
+def test_insert_many_stores_what_the_executemany_stores(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    copies: list[str] = []
+    if engine.dialect.name == "postgresql":
+        import psycopg
+
+        copy = psycopg.Cursor.copy
+
+        def recording(cursor: psycopg.Cursor[Any], statement: Any, *args: Any, **kwargs: Any) -> Any:
+            copies.append(str(statement))
+            return copy(cursor, statement, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "copy", recording)
+    writer = DriverSql(engine.dialect)
+    rows = _log_rows(1, 40)
+    with engine.begin() as connection:
+        writer.executemany(connection, insert_log, rows)
+    expected = _stored_log(engine)
+    assert [row[1:] for row in expected] == [tuple(row.values())[1:] for row in rows]
+    with engine.begin() as connection:
+        connection.execute(changes_log.delete())
+        writer.insert_many(connection, insert_log, rows)
+        writer.insert_many(connection, insert_log, [])
+    assert _stored_log(engine) == expected
+    if engine.dialect.name == "postgresql":
+        assert copies == ["COPY bulk_log (revision, kind, commit_time, payload) FROM STDIN"]
+    # In the caller's transaction: rolled back with it.
+    with engine.connect() as connection, connection.begin() as transaction:
+        writer.insert_many(connection, insert_log, _log_rows(100, 3))
+        transaction.rollback()
+    assert _stored_log(engine) == expected
+
+
+def test_insert_many_runs_the_executemany_where_copy_would_store_otherwise(engine: Engine) -> None:
+    """A column default no row carries (bulk_things.ref) is filled as the executemany fills it."""
+    writer = DriverSql(engine.dialect)
+    with engine.begin() as connection:
+        writer.insert_many(connection, insert(things), [{"name": "a", "size": 1, "flag": True}])
+    [row] = _stored(engine)
+    assert (row[1], row[2], row[3], row[4]) == ("a", "none", 1, True)
+
+
+def test_insert_many_errors_are_raised_as_sqlalchemy_raises_them(engine: Engine) -> None:
+    writer = DriverSql(engine.dialect)
+    with engine.begin() as connection:
+        writer.insert_many(connection, insert_log, _log_rows(1, 2))
+    with engine.connect() as connection, pytest.raises(IntegrityError) as raised:
+        writer.insert_many(connection, insert_log, _log_rows(2, 2))
+    assert isinstance(raised.value.orig, engine.dialect.loaded_dbapi.Error)
+    assert not is_transient_db_error(raised.value)
+    with engine.connect() as connection:
+        connection.connection.dbapi_connection.close()  # type: ignore[union-attr]  # the link dies under the pool
+        with pytest.raises(DBAPIError) as dead:
+            writer.insert_many(connection, insert_log, _log_rows(10, 2))
+        assert dead.value.connection_invalidated
+        assert is_transient_db_error(dead.value)
+
+
+def test_cursor_listeners_see_insert_many_as_an_insert(engine: Engine) -> None:
+    writer = DriverSql(engine.dialect)
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with engine.begin() as connection:
+            writer.insert_many(connection, insert_log, _log_rows(1, 3))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert [statement.split()[0].upper() for statement in seen if not statement.upper().startswith("BEGIN")] == [
+        "INSERT"
+    ]
+    assert len(_stored_log(engine)) == 3

@@ -99,7 +99,7 @@ class DriverSql:
         self._compiled: dict[tuple[UpdateBase, tuple[str, ...]], DriverStatement] = {}
         self._queries: dict[Select[Any], DriverQuery] = {}
         self._updates_by_id: dict[tuple[Table, tuple[str, ...]], JoinedUpdate | Update] = {}
-        self._copies: dict[tuple[Insert, tuple[str, ...]], str] = {}
+        self._copies: dict[tuple[Insert, tuple[str, ...]], str | None] = {}
 
     def executemany(
         self, connection: Connection, statement: Insert | Update, rows: Sequence[Mapping[str, Any]]
@@ -117,33 +117,39 @@ class DriverSql:
         it runs the executemany): COPY fills no column default and takes the values as psycopg adapts them."""
         if not rows:
             return
-        if not _copies(connection):
+        keys = tuple(rows[0])
+        sql = self._copy_sql(statement, keys) if _can_copy(connection) else None
+        if sql is None:
             self.executemany(connection, statement, rows)
             return
-        keys = tuple(rows[0])
-        sql = self._copies.get((statement, keys))
-        if sql is None:
-            compiled = self.compiled(statement, keys)
-            if compiled.constants or compiled.processors or set(compiled.names) != set(keys):
-                # Column defaults to fill or values to process: what COPY would not do.
-                self.executemany(connection, statement, rows)
-                return
-            table = cast(Table, statement.table)
-            quote = self.dialect.identifier_preparer
-            columns = ", ".join(quote.format_column(table.c[key]) for key in keys)
-            sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
-            self._copies[(statement, keys)] = sql
         pick = operator.itemgetter(*keys)
+        values = pick if len(keys) > 1 else lambda row: (pick(row),)
         cursor = None
         try:
             cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]  # a live one has it
             with cursor.copy(sql) as copy:
                 for row in rows:
-                    copy.write_row(pick(row) if len(keys) > 1 else (pick(row),))
+                    copy.write_row(values(row))
         except BaseException as error:
             # As run_on_driver: SQLAlchemy's handling of a driver error, for the callers' retries.
             connection._handle_dbapi_exception(error, sql, rows, cursor, None)
         cursor.close()
+
+    def _copy_sql(self, statement: Insert, keys: tuple[str, ...]) -> str | None:
+        """The COPY that stores what `statement` stores for rows with `keys`; None where it would not (column
+        defaults to fill, values to process). Decided once per statement and key set."""
+        cache_key = (statement, keys)
+        if cache_key in self._copies:
+            return self._copies[cache_key]
+        compiled = self.compiled(statement, keys)
+        sql = None
+        if not compiled.constants and not compiled.processors and set(compiled.names) == set(keys):
+            table = cast(Table, statement.table)
+            quote = self.dialect.identifier_preparer
+            columns = ", ".join(quote.format_column(table.c[key]) for key in keys)
+            sql = f"COPY {quote.format_table(table)} ({columns}) FROM STDIN"
+        self._copies[cache_key] = sql
+        return sql
 
     def update_by_id(self, connection: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
         """Sets each row's values on `table`'s row whose `id` is the row's `row_id` (every row with the same keys,
@@ -279,14 +285,14 @@ class JoinedUpdate:
 Description = Sequence[Sequence[Any]]
 
 
-def _copies(connection: Connection) -> bool:
-    """Whether insert_many copies: psycopg on PostgreSQL, and no cursor-execute listener that would miss a COPY."""
+def _has_cursor_listeners(connection: Connection) -> bool:
+    return bool(connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute)
+
+
+def _can_copy(connection: Connection) -> bool:
+    """Whether insert_many may copy: psycopg on PostgreSQL, and no cursor-execute listener that would miss a COPY."""
     dialect = connection.dialect
-    return (
-        dialect.name == "postgresql"
-        and dialect.driver == "psycopg"
-        and not (connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute)
-    )
+    return dialect.name == "postgresql" and dialect.driver == "psycopg" and not _has_cursor_listeners(connection)
 
 
 def run_on_driver(
@@ -295,7 +301,7 @@ def run_on_driver(
     """Runs `sql` on the connection's driver cursor through the dialect's execute hooks; returns the rows it
     returned (none for a statement without a result) and the cursor's description. A driver error is handled as
     `Connection.execute` handles it (see the module's docstring)."""
-    if connection.dispatch.before_cursor_execute or connection.dispatch.after_cursor_execute:
+    if _has_cursor_listeners(connection):
         result = connection.exec_driver_sql(sql, parameters)
         if not result.returns_rows:
             return [], None

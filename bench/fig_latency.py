@@ -24,7 +24,7 @@ from bench.common import (
     rounded,
     summary,
 )
-from bench.fig_ingest import IngestRig, Observer, Probe, xsha_consumer
+from bench.fig_ingest import IngestRig, Observer, Probe, probe_lags, xsha_consumer
 from xsha_api.v1 import sync_service_pb2
 
 CLOUDSTACK_PING_S = 60.0
@@ -80,14 +80,6 @@ class WatchObserver:
         self.channel.close()
 
 
-def _lags(observer: Observer, sent: list[tuple[int, str, float]]) -> list[float]:
-    lags = []
-    for probe, name, at in sent:
-        seen = observer.seen_at(probe, name)
-        lags.append(float("inf") if seen is None else max(0.0, seen - at))
-    return lags
-
-
 def run(options: BenchOptions) -> list[FigureResult]:
     repeats = options.repeat_count(3)
     vms = options.size("latency_vms", 20_000, 4_000)
@@ -113,8 +105,8 @@ def run(options: BenchOptions) -> list[FigureResult]:
                         watch = WatchObserver(address, metadata, applied(), rig.probes)
                         try:
                             rig.trial(rate, watch.received)
-                            received = _lags(watch.received, rig.last_sent)
-                            committed = _lags(watch.committed, rig.last_sent)
+                            received = probe_lags(watch.received, rig.last_sent).lags
+                            committed = probe_lags(watch.committed, rig.last_sent).lags
                         finally:
                             watch.close()
                         bucket["received_p50"].append(percentile(received, 50))

@@ -5,7 +5,6 @@ sync_service child over the window, in cores."""
 
 from __future__ import annotations
 
-import math
 import time
 
 from bench.common import (
@@ -20,7 +19,7 @@ from bench.common import (
     pool_scenario,
     rounded,
 )
-from bench.fig_ingest import DbObserver, Probe
+from bench.fig_ingest import DbObserver, Probe, probe_lags
 
 
 def run(options: BenchOptions) -> list[FigureResult]:
@@ -71,14 +70,12 @@ def run(options: BenchOptions) -> list[FigureResult]:
         elapsed = time.time() - began
         cpu = (cpu_seconds(sync.pid) - cpu_before) / elapsed
         deadline = time.time() + 5.0
-        while time.time() < deadline and any(observer.seen_at(p, n) is None for p, n, _ in sent):
+        while time.time() < deadline and probe_lags(observer, sent).lost:
             time.sleep(0.05)
         polls = observer.polls
         observer.close()
-    lags = []
-    for index, name, at in sent:
-        seen = observer.seen_at(index, name)
-        lags.append(math.inf if seen is None else max(0.0, seen - at))
+    reflected = probe_lags(observer, sent)
+    lags = reflected.lags
     p99 = percentile(lags, 99)
     log(f"  lag p50 {percentile(lags, 50) * 1000:.0f} ms p99 {p99 * 1000:.0f} ms, CPU {cpu:.2f} cores")
     return [
@@ -95,7 +92,8 @@ def run(options: BenchOptions) -> list[FigureResult]:
                 "lag_max_s": rounded(max(lags)),
                 "cpu_cores": round(cpu, 3),
                 "probes": len(sent),
-                "lost": sum(1 for lag in lags if math.isinf(lag)),
+                "lost": reflected.lost,
+                "superseded": reflected.superseded,
                 "observer_polls": polls,
                 "window_s": window,
                 "initial_mirror_s": round(mirror_s, 2),

@@ -104,8 +104,7 @@ def probe_lags(observer: Observer, sent: list[tuple[int, str, float]]) -> ProbeL
     for i in range(len(sent) - 1, -1, -1):
         probe, name, at = sent[i]
         own = observer.seen_at(probe, name)
-        later = reflected_at.get(probe)
-        seen = own if later is None else later if own is None else min(own, later)
+        seen = min((t for t in (own, reflected_at.get(probe)) if t is not None), default=None)
         if seen is not None:
             reflected_at[probe] = seen
             lags[i] = max(0.0, seen - at)

@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from sqlalchemy import MetaData
+
+from xsha_common.db import create_engine_for
 
 Item = TypeVar("Item")
 
@@ -213,3 +218,19 @@ class ResumingStreamRecorder(Generic[Item]):
             if self._call is not None:
                 self._call.cancel()
         self._thread.join(5)
+
+
+def schema_drift(db_url: str, metadata: MetaData, table_prefix: str) -> list[Any]:
+    """How the database's tables named `table_prefix`* differ from `metadata` (Alembic's autogenerate comparison):
+    empty when a service's migrations build exactly the schema its models declare."""
+
+    def own_tables(name: str | None, type_: str, _parent: Any) -> bool:
+        return type_ != "table" or (name or "").startswith(table_prefix)
+
+    engine = create_engine_for(db_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"include_name": own_tables})
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()

@@ -152,11 +152,13 @@ class ChangeRow(Base):
     """The change log: one row per change, in revision order, with the object's proto as of that revision."""
 
     __tablename__ = "sync_changes"
+    # One cluster's changes in revision order, for a WatchChanges stream filtered by cluster.
+    __table_args__ = (Index("ix_sync_changes_cluster_id_revision", "cluster_id", "revision"),)
 
     revision: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     kind: Mapped[str] = mapped_column(String(16))
     change_type: Mapped[str] = mapped_column(String(16))
-    cluster_id: Mapped[str] = mapped_column(String(_ID), index=True)
+    cluster_id: Mapped[str] = mapped_column(String(_ID))
     object_key: Mapped[str] = mapped_column(String(_UUID), default="")
     commit_time: Mapped[dt.datetime] = mapped_column(Timestamp, index=True)
     # Serialized cloudstack.xsha.v1.Change, sent as it is by WatchChanges.

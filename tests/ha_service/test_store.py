@@ -6,12 +6,13 @@ import threading
 
 import sqlalchemy as sa
 
-from ha_service.store.models import VERSION_TABLE
+from ha_service.store.models import VERSION_TABLE, Base
 from ha_service.testing import RunningHaService
 from tests.ha_service.fake_sync import FakeSync
 from tests.ha_service.test_settings_decisions import decide, set_global
 from xsha_api.v1 import ha_service_pb2
 from xsha_common.db import create_engine_for, current_revision, downgrade_to_base, head_revision, upgrade_to_head
+from xsha_common.testing import schema_drift
 
 
 def test_upgrade_and_downgrade(db_url: str) -> None:
@@ -27,6 +28,11 @@ def test_upgrade_and_downgrade(db_url: str) -> None:
         assert left == set()
     finally:
         engine.dispose()
+
+
+def test_the_migrations_build_the_schema_the_models_declare(db_url: str) -> None:
+    upgrade_to_head("ha_service", db_url, VERSION_TABLE)
+    assert schema_drift(db_url, Base.metadata, "ha_") == []
 
 
 def test_concurrent_decisions_never_pin_two_modes(ha: RunningHaService, fake_sync: FakeSync) -> None:

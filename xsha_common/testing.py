@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from sqlalchemy import MetaData
+from sqlalchemy import Engine, MetaData, event
 
 from xsha_common.db import create_engine_for
 
@@ -234,3 +234,24 @@ def schema_drift(db_url: str, metadata: MetaData, table_prefix: str) -> list[Any
             return list(compare_metadata(context, metadata))
     finally:
         engine.dispose()
+
+
+class SqliteInstructions:
+    """Counts the virtual-machine instructions SQLite runs for an engine's statements (by its progress handler):
+    a measure of how much of a table a statement reads that does not depend on the machine's speed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.count = 0
+        event.listen(engine, "before_cursor_execute", self._count_on)
+
+    def _count_on(self, connection: Any, *_: Any) -> None:
+        def tick() -> int:
+            self.count += 100
+            return 0
+
+        connection.connection.driver_connection.set_progress_handler(tick, 100)
+
+    def of(self, action: Callable[[], object]) -> int:
+        self.count = 0
+        action()
+        return self.count

@@ -168,7 +168,9 @@ class HaEventRow(Base):
         UniqueConstraint("event_id"),
         UniqueConstraint("pending_key"),
         Index("ix_ha_events_cluster_id_revision", "cluster_id", "revision"),
-        Index("ix_ha_events_category_state", "category", "action_state"),
+        # Pages of actions in revision order, all of them or those in one state (pending ones above all).
+        Index("ix_ha_events_category_revision", "category", "revision"),
+        Index("ix_ha_events_category_state_revision", "category", "action_state", "revision"),
         Index("ix_ha_events_ack_time", "ack_time"),
     )
 

@@ -27,7 +27,7 @@ from sync_service.store.repository import (
 from sync_service.testing import RunningSyncService
 from xsha_api.v1 import sync_service_pb2
 from xsha_common.db import create_engine_for, current_revision, downgrade_to_base, head_revision, upgrade_to_head
-from xsha_common.testing import schema_drift, wait_until
+from xsha_common.testing import SqliteInstructions, schema_drift, wait_until
 
 
 def test_migrations_upgrade_from_empty_and_downgrade_to_base(db_url: str) -> None:
@@ -428,27 +428,6 @@ def test_age_retention_deletes_every_old_change_in_bounded_steps(db_url: str) ->
         engine.dispose()
 
 
-class _SqliteInstructions:
-    """Counts the virtual-machine instructions SQLite runs for an engine's statements (by its progress handler):
-    a measure of how much of a table a statement reads that does not depend on the machine's speed."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.count = 0
-        event.listen(engine, "before_cursor_execute", self._count_on)
-
-    def _count_on(self, connection: Any, *_: Any) -> None:
-        def tick() -> int:
-            self.count += 100
-            return 0
-
-        connection.connection.driver_connection.set_progress_handler(tick, 100)
-
-    def of(self, action: Callable[[], object]) -> int:
-        self.count = 0
-        action()
-        return self.count
-
-
 def _add_changes(engine: Engine, repository: Repository, count: int, cluster_ids: Sequence[str] = ("c1",)) -> None:
     """`count` recent one-byte changes, the clusters taking turns, written straight into the change log."""
     first = repository.current_revision() + 1
@@ -478,7 +457,7 @@ def test_a_compaction_step_reads_no_more_of_a_longer_change_log(db_url: str) -> 
     upgrade_to_head("sync_service", db_url, VERSION_TABLE)
     engine = create_engine_for(db_url)
     repository = Repository(engine)
-    instructions = _SqliteInstructions(engine)
+    instructions = SqliteInstructions(engine)
 
     def step() -> None:
         assert repository.compact(keep_changes=0, keep_seconds=3600, max_revisions=1_000).finished
@@ -500,7 +479,7 @@ def test_one_clusters_next_changes_are_read_without_reading_its_older_ones(db_ur
     upgrade_to_head("sync_service", db_url, VERSION_TABLE)
     engine = create_engine_for(db_url)
     repository = Repository(engine)
-    instructions = _SqliteInstructions(engine)
+    instructions = SqliteInstructions(engine)
     pages: list[ChangeRead] = []
 
     def next_changes() -> None:

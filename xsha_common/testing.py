@@ -245,11 +245,11 @@ class SqliteInstructions:
         event.listen(engine, "before_cursor_execute", self._count_on)
 
     def _count_on(self, connection: Any, *_: Any) -> None:
-        def tick() -> int:
-            self.count += 100
-            return 0
+        connection.connection.driver_connection.set_progress_handler(self._tick, 100)
 
-        connection.connection.driver_connection.set_progress_handler(tick, 100)
+    def _tick(self) -> int:
+        self.count += 100
+        return 0  # go on
 
     def of(self, action: Callable[[], object]) -> int:
         self.count = 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
 
+from ha_service.events import counter_value
 from ha_service.store.models import EVENT_REVISION_COUNTER, VERSION_TABLE, Base
 from ha_service.testing import RunningHaService
 from tests.ha_service.fake_sync import FakeSync
@@ -107,18 +109,11 @@ def test_concurrent_repeats_of_one_decision_get_one_answer(ha: RunningHaService,
     assert sorted(vm.decision.instance_name for vm in listed) == sorted(results)
 
 
-def _add_events(engine: sa.Engine, count: int) -> None:
+def _add_events(sessions: sessionmaker[Session], count: int) -> None:
     """`count` HA events written straight into the table: every fourth an action, one in a thousand of them still
     pending, the rest notifications; the revision counter moves past them."""
-    with engine.begin() as connection:
-        first = (
-            int(
-                connection.execute(
-                    sa.text("SELECT value FROM ha_counters WHERE name = :name"), {"name": EVENT_REVISION_COUNTER}
-                ).scalar_one()
-            )
-            + 1
-        )
+    with sessions.begin() as session:
+        first = counter_value(session, EVENT_REVISION_COUNTER) + 1
         action = ha_service_pb2.HaAction(kind=ha_service_pb2.HA_ACTION_KIND_RESTART_VM).SerializeToString()
 
         def state(revision: int) -> str | None:
@@ -136,7 +131,7 @@ def _add_events(engine: sa.Engine, count: int) -> None:
             }
             for revision in range(first, first + count)
         ]
-        connection.execute(
+        session.execute(
             sa.text(
                 "INSERT INTO ha_events (revision, event_id, category, kind, cluster_id, instance_name, vm_uuid, "
                 "action_state, payload, create_time, ack_message) VALUES (:revision, :event_id, :category, 'K', "
@@ -144,7 +139,7 @@ def _add_events(engine: sa.Engine, count: int) -> None:
             ),
             rows,
         )
-        connection.execute(
+        session.execute(
             sa.text("UPDATE ha_counters SET value = :last WHERE name = :name"),
             {"last": first + count - 1, "name": EVENT_REVISION_COUNTER},
         )
@@ -154,8 +149,7 @@ def test_a_page_of_actions_is_read_without_reading_every_action(ha_sqlite: Runni
     """ListHaActions reads a page of actions, all of them or the pending ones, as a range in revision order: a page
     costs as much beside 10,000 retained actions as beside 500 (SQLite once read and sorted every action, or every
     action of the state, for each page)."""
-    engine = ha_sqlite.service.engine
-    instructions = SqliteInstructions(engine)
+    instructions = SqliteInstructions(ha_sqlite.service.engine)
     pages: list[ha_service_pb2.ListHaActionsResponse] = []
 
     def first_pages() -> None:
@@ -163,9 +157,9 @@ def test_a_page_of_actions_is_read_without_reading_every_action(ha_sqlite: Runni
             request = ha_service_pb2.ListHaActionsRequest(page_size=10, states=states)
             pages.append(ha_sqlite.service.handlers.list_ha_actions(request))
 
-    _add_events(engine, 2_000)
+    _add_events(ha_sqlite.service.sessions, 2_000)
     few = instructions.of(first_pages)
-    _add_events(engine, 38_000)
+    _add_events(ha_sqlite.service.sessions, 38_000)
     many = instructions.of(first_pages)
     assert many < 2 * few + 1_000, (few, many)
     assert [len(page.actions) for page in pages] == [10, 0, 10, 10]

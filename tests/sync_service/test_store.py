@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
-from sqlalchemy import Engine, event, inspect, text
+from sqlalchemy import event, inspect, text
 
 from sync_service.domain import HaFacts, PoolFacts, PowerState, VersionFacts, VmFacts, XapiPowerState
 from sync_service.store.models import VERSION_TABLE, Base
@@ -392,43 +392,38 @@ def test_compaction_deletes_in_bounded_steps_and_the_removed_rows_with_the_last(
         repository.compact(keep_changes=3, keep_seconds=0, max_revisions=0)
 
 
-def test_age_retention_deletes_every_old_change_in_bounded_steps(db_url: str) -> None:
+def test_age_retention_deletes_every_old_change_in_bounded_steps(repository: Repository) -> None:
     """Changes older than keep_seconds go, max_revisions a step, until the first recent one; each step looks for
     old changes only within its own revisions, and a step whose every change is old is not the last."""
-    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
-    engine = create_engine_for(db_url)
     now = [dt.datetime(2026, 1, 1)]
-    repository = Repository(engine, clock=lambda: now[0])
-    try:
-        _register(repository, "c1")
-        for round_ in range(7):
-            repository.apply_batch(Batch("c1", 1, f"t{round_}", vms=[_facts("a", order=round_)]))
-        last_old = repository.current_revision()
-        now[0] += dt.timedelta(hours=1)
-        for round_ in range(3):
-            repository.apply_batch(Batch("c1", 1, f"u{round_}", vms=[_facts("a", order=100 + round_)]))
-        last = repository.current_revision()
-        start = repository.compacted_through()
-        now[0] += dt.timedelta(minutes=30)  # the first changes are 90 minutes old, the later ones 30
+    repository = Repository(repository.engine, clock=lambda: now[0])
+    _register(repository, "c1")
+    for round_ in range(7):
+        repository.apply_batch(Batch("c1", 1, f"t{round_}", vms=[_facts("a", order=round_)]))
+    last_old = repository.current_revision()
+    now[0] += dt.timedelta(hours=1)
+    for round_ in range(3):
+        repository.apply_batch(Batch("c1", 1, f"u{round_}", vms=[_facts("a", order=100 + round_)]))
+    last = repository.current_revision()
+    start = repository.compacted_through()
+    now[0] += dt.timedelta(minutes=30)  # the first changes are 90 minutes old, the later ones 30
 
-        steps: list[Compaction] = []
-        while not steps or not steps[-1].finished:
-            steps.append(repository.compact(keep_changes=0, keep_seconds=3600, max_revisions=2))
-            assert len(steps) < 100
-        throughs = [start] + [step.compacted_through for step in steps]
-        assert throughs[-1] == last_old
-        assert all(0 <= later - earlier <= 2 for earlier, later in itertools.pairwise(throughs))
-        assert len(steps) >= (last_old - start) // 2
-        payloads = repository.read_changes(0, kinds=(), cluster_id="", limit=1000).payloads
-        assert [sync_service_pb2.Change.FromString(payload).revision for payload in payloads] == list(
-            range(last_old + 1, last + 1)
-        )
-        assert repository.compact(keep_changes=0, keep_seconds=3600) == Compaction(last_old, finished=True)
-    finally:
-        engine.dispose()
+    steps: list[Compaction] = []
+    while not steps or not steps[-1].finished:
+        steps.append(repository.compact(keep_changes=0, keep_seconds=3600, max_revisions=2))
+        assert len(steps) < 100
+    throughs = [start] + [step.compacted_through for step in steps]
+    assert throughs[-1] == last_old
+    assert all(0 <= later - earlier <= 2 for earlier, later in itertools.pairwise(throughs))
+    assert len(steps) >= (last_old - start) // 2
+    payloads = repository.read_changes(0, kinds=(), cluster_id="", limit=1000).payloads
+    assert [sync_service_pb2.Change.FromString(payload).revision for payload in payloads] == list(
+        range(last_old + 1, last + 1)
+    )
+    assert repository.compact(keep_changes=0, keep_seconds=3600) == Compaction(last_old, finished=True)
 
 
-def _add_changes(engine: Engine, repository: Repository, count: int, cluster_ids: Sequence[str] = ("c1",)) -> None:
+def _add_changes(repository: Repository, count: int, cluster_ids: Sequence[str] = ("c1",)) -> None:
     """`count` recent one-byte changes, the clusters taking turns, written straight into the change log."""
     first = repository.current_revision() + 1
     recent = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -436,7 +431,7 @@ def _add_changes(engine: Engine, repository: Repository, count: int, cluster_ids
         {"revision": revision, "cluster_id": cluster_ids[revision % len(cluster_ids)], "commit_time": recent}
         for revision in range(first, first + count)
     ]
-    with engine.begin() as connection:
+    with repository.engine.begin() as connection:
         connection.execute(
             text(
                 "INSERT INTO sync_changes (revision, kind, change_type, cluster_id, object_key, commit_time, "
@@ -450,50 +445,38 @@ def _add_changes(engine: Engine, repository: Repository, count: int, cluster_ids
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])
-def test_a_compaction_step_reads_no_more_of_a_longer_change_log(db_url: str) -> None:
+def test_a_compaction_step_reads_no_more_of_a_longer_change_log(repository: Repository) -> None:
     """A step (of 1,000 changes) with nothing old enough to delete costs as much beside 40,000 retained changes as
     beside 2,000: without statistics, SQLite once answered the step's question (the newest change old enough to
     go) by walking the whole log under the write lock."""
-    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
-    engine = create_engine_for(db_url)
-    repository = Repository(engine)
-    instructions = SqliteInstructions(engine)
+    instructions = SqliteInstructions(repository.engine)
 
     def step() -> None:
         assert repository.compact(keep_changes=0, keep_seconds=3600, max_revisions=1_000).finished
 
-    try:
-        _add_changes(engine, repository, 2_000)
-        short_log = instructions.of(step)
-        _add_changes(engine, repository, 38_000)
-        long_log = instructions.of(step)
-        assert long_log < 2 * short_log + 1_000, (short_log, long_log)
-    finally:
-        engine.dispose()
+    _add_changes(repository, 2_000)
+    short_log = instructions.of(step)
+    _add_changes(repository, 38_000)
+    long_log = instructions.of(step)
+    assert long_log < 2 * short_log + 1_000, (short_log, long_log)
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])
-def test_one_clusters_next_changes_are_read_without_reading_its_older_ones(db_url: str) -> None:
+def test_one_clusters_next_changes_are_read_without_reading_its_older_ones(repository: Repository) -> None:
     """A WatchChanges stream of one cluster reads its next changes as a range in revision order: the read costs as
     much beside 40,000 of the cluster's retained changes as beside 2,000 (SQLite once read and sorted them all)."""
-    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
-    engine = create_engine_for(db_url)
-    repository = Repository(engine)
-    instructions = SqliteInstructions(engine)
+    instructions = SqliteInstructions(repository.engine)
     pages: list[ChangeRead] = []
 
     def next_changes() -> None:
         pages.append(repository.read_changes(repository.current_revision() - 20, kinds=(), cluster_id="c1", limit=5))
 
-    try:
-        _add_changes(engine, repository, 2_000, cluster_ids=("c1", "c2"))
-        short_log = instructions.of(next_changes)
-        _add_changes(engine, repository, 78_000, cluster_ids=("c1", "c2"))
-        long_log = instructions.of(next_changes)
-        assert long_log < 2 * short_log + 1_000, (short_log, long_log)
-        assert all(len(page.payloads) == 5 for page in pages)
-    finally:
-        engine.dispose()
+    _add_changes(repository, 2_000, cluster_ids=("c1", "c2"))
+    short_log = instructions.of(next_changes)
+    _add_changes(repository, 78_000, cluster_ids=("c1", "c2"))
+    long_log = instructions.of(next_changes)
+    assert long_log < 2 * short_log + 1_000, (short_log, long_log)
+    assert all(len(page.payloads) == 5 for page in pages)
 
 
 @pytest.mark.parametrize("db_backend", ["sqlite"])

@@ -89,6 +89,9 @@ class PoolRow(Base):
     last_error_time: Mapped[dt.datetime | None] = mapped_column(Timestamp, nullable=True)
     owner: Mapped[str] = mapped_column(String(_NAME), default="")
     revision: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Set to a new random value by every transaction that writes the pool's mirror rows, so a replica knows
+    # whether its cached rows of the pool are still the database's (see store/row_cache.py).
+    rows_stamp: Mapped[int] = mapped_column(BigInteger, default=0)
     create_time: Mapped[dt.datetime] = mapped_column(Timestamp)
     update_time: Mapped[dt.datetime] = mapped_column(Timestamp)
 

@@ -17,7 +17,6 @@ from sync_service.domain import HaFacts, PoolFacts, PowerState, VersionFacts, Vm
 from sync_service.store.models import VERSION_TABLE, Base
 from sync_service.store.repository import (
     ANALYZE_AFTER_FULL_LIST_OF,
-    MYSQL_VM_ROW_CACHE_SIZE,
     Batch,
     ChangeRead,
     Compaction,
@@ -539,61 +538,149 @@ def _vm_reads(repository: Repository) -> tuple[list[str], Any]:
     return reads, lambda: event.remove(repository.engine, "before_cursor_execute", record)
 
 
-def test_only_mysql_keeps_a_vm_row_cache_by_default(repository: Repository) -> None:
-    expected = MYSQL_VM_ROW_CACHE_SIZE if repository.backend == "mysql" else 0
-    assert repository._vm_rows.max_entries == expected
-
-
-def test_an_event_batch_reads_whole_only_the_vm_rows_changed_since_the_last_one(db_url: str) -> None:
+@pytest.fixture
+def mirror_engine(db_url: str) -> Any:
+    """An engine on a migrated database, for tests that run two repositories (replicas) side by side."""
     upgrade_to_head("sync_service", db_url, VERSION_TABLE)
     engine = create_engine_for(db_url, pool_size=4)
-    try:
-        repository = Repository(engine, vm_row_cache_size=1000)
-        _register(repository, "c1")
-        repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts(u) for u in "abcd"], full=True))
-        repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts(u, XapiPowerState.HALTED) for u in "abcd"]))
-        reads, stop = _vm_reads(repository)
-        try:
-            # The rows this replica wrote last are current: their versions suffice.
-            result = repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts(u) for u in "abc"]))
-        finally:
-            stop()
-        assert result.revisions == 3 and reads == ["versions"]
-        vm_a = repository.get_vm(uuid="a")
-        assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING
-        assert vm_a.power_state_update_count == 1  # a new state: counted from one again
-    finally:
-        engine.dispose()
+    yield engine
+    engine.dispose()
 
 
-def test_a_vm_row_written_by_another_replica_is_read_again_not_taken_from_the_cache(db_url: str) -> None:
-    """Another writer (a replica that held the pool's lease meanwhile) changed a row this one cached: the row's
-    new revision shows it, so the batch diffs against the database, not against what this replica wrote."""
-    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
-    engine = create_engine_for(db_url, pool_size=4)
+def _power_of(repository: Repository, uuid: str) -> XapiPowerState | None:
+    vm = repository.get_vm(uuid=uuid)
+    return vm.facts.xapi_power_state if vm is not None and not vm.removed else None
+
+
+def test_an_event_batch_of_rows_this_replica_wrote_last_reads_no_vm_row(mirror_engine: Any) -> None:
+    repository = Repository(mirror_engine)  # the default keeps a cache on every database
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts(u) for u in "abcd"], full=True))
+    repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts(u, XapiPowerState.HALTED) for u in "abcd"]))
+    reads, stop = _vm_reads(repository)
     try:
-        ours, theirs = Repository(engine, vm_row_cache_size=1000), Repository(engine, vm_row_cache_size=1000)
-        _register(ours, "c1")
-        ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True))
-        ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED), _facts("b")]))
-        theirs.apply_batch(Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.RUNNING)]))
-        reads, stop = _vm_reads(ours)
-        try:
-            # Halted again: a change against the database (running), none against this replica's last write.
-            result = ours.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.HALTED), _facts("b")]))
-        finally:
-            stop()
-        assert result.revisions == 1
-        assert reads == ["versions", "whole"]  # b from the cache, a read again
-        vm_a = ours.get_vm(uuid="a")
-        assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.HALTED
-        # And the ref alone, written without a new revision, is part of a row's version too.
-        theirs.apply_batch(Batch("c1", 1, "t5", vms=[_facts("b")], vm_refs={"b": "OpaqueRef:b2"}))
-        ours.apply_batch(Batch("c1", 1, "t6", vms=[_facts("b")], vm_refs={"b": "OpaqueRef:b2"}))
-        mirror = dict((vm.uuid, ref) for ref, vm in ours.load_mirror("c1")[0])
-        assert mirror["b"] == "OpaqueRef:b2"
+        # The pool's rows were last written by this replica's last commit: the cached rows are the database's.
+        result = repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts(u) for u in "abc"]))
     finally:
-        engine.dispose()
+        stop()
+    assert result.revisions == 3 and reads == []
+    vm_a = repository.get_vm(uuid="a")
+    assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING
+    assert vm_a.power_state_update_count == 1  # a new state: counted from one again
+    # A VM the cache does not hold: the rows are checked by version, and the new one inserted.
+    reads, stop = _vm_reads(repository)
+    try:
+        repository.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.HALTED), _facts("e")]))
+    finally:
+        stop()
+    assert reads == ["versions"] and _power_of(repository, "e") is XapiPowerState.RUNNING
+
+
+def test_after_another_replica_wrote_the_pool_its_cached_rows_are_read_again(mirror_engine: Any) -> None:
+    """Another writer (a replica that held the pool's lease meanwhile) changed a row this one cached: its commit
+    stamped the pool, so this replica drops the pool's cached rows and diffs against the database."""
+    ours, theirs = Repository(mirror_engine, vm_row_cache_size=1000), Repository(mirror_engine, vm_row_cache_size=1000)
+    _register(ours, "c1")
+    ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True))
+    ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED), _facts("b")]))
+    theirs.apply_batch(Batch("c1", 1, "t3", vms=[_facts("a"), _facts("b", XapiPowerState.HALTED)]))
+    reads, stop = _vm_reads(ours)
+    try:
+        # Halted again: a change against the database (running), none against this replica's last write.
+        result = ours.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.HALTED)]))
+    finally:
+        stop()
+    assert result.revisions == 1 and reads == ["whole"]
+    assert _power_of(ours, "a") is XapiPowerState.HALTED
+    # b was not in that batch, and its cached row went with the rest of the pool's: running is a change.
+    result = ours.apply_batch(Batch("c1", 1, "t5", vms=[_facts("a", XapiPowerState.HALTED), _facts("b")]))
+    assert result.revisions == 1 and _power_of(ours, "b") is XapiPowerState.RUNNING
+    # And the ref alone, written without a new revision, stamps the pool too.
+    theirs.apply_batch(Batch("c1", 1, "t6", vms=[_facts("b")], vm_refs={"b": "OpaqueRef:b2"}))
+    ours.apply_batch(Batch("c1", 1, "t7", vms=[_facts("b")], vm_refs={"b": "OpaqueRef:b2"}))
+    mirror = dict((vm.uuid, ref) for ref, vm in ours.load_mirror("c1")[0])
+    assert mirror["b"] == "OpaqueRef:b2"
+
+
+def test_a_commit_whose_outcome_this_replica_did_not_learn_makes_it_read_the_pool_again(
+    mirror_engine: Any,
+) -> None:
+    """The database committed the batch, but the replica saw an error (a connection lost at commit), so its cache
+    still holds the rows as before: the stamp the commit wrote shows the difference."""
+    repository = Repository(mirror_engine, vm_row_cache_size=1000)
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True))
+    repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a"), _facts("b")]))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(repository._vm_rows, "put_committed", lambda *_args: None)
+        repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.HALTED)]))
+    cached = repository._vm_rows.get("c1", "a")
+    assert cached is not None and cached.vm.facts.xapi_power_state is XapiPowerState.RUNNING
+    # Running again: no change against the stale cached row, a change against the database (halted).
+    result = repository.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a"), _facts("b")]))
+    assert result.revisions == 1 and _power_of(repository, "a") is XapiPowerState.RUNNING
+
+
+def test_a_takeover_by_a_replica_that_does_not_stamp_the_pool_still_drops_the_cached_rows(
+    mirror_engine: Any,
+) -> None:
+    """During an upgrade, a replica of an earlier version may write the pool's rows without stamping it; it held
+    the pool's lease to do so, and this replica's batches now carry a later epoch."""
+    ours, theirs = Repository(mirror_engine, vm_row_cache_size=1000), Repository(mirror_engine, vm_row_cache_size=1000)
+    _register(ours, "c1")
+    with mirror_engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO sync_pool_leases (cluster_id, owner, epoch, expire_time, update_time) "
+                "VALUES ('c1', 'ours', 1, 0, 0)"
+            )
+        )
+
+    def lease(holder: str, epoch: int) -> dict[str, Any]:
+        with mirror_engine.begin() as connection:
+            connection.execute(
+                text("UPDATE sync_pool_leases SET owner = :holder, epoch = :epoch WHERE cluster_id = 'c1'"),
+                {"holder": holder, "epoch": epoch},
+            )
+        return {"lease_holder": holder, "lease_epoch": epoch}
+
+    ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True, **lease("ours", 1)))
+    ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED)], **lease("ours", 1)))
+    with mirror_engine.connect() as connection:
+        our_stamp = connection.execute(text("SELECT rows_stamp FROM sync_pools WHERE cluster_id = 'c1'")).scalar()
+    theirs.apply_batch(Batch("c1", 1, "t3", vms=[_facts("a")], **lease("theirs", 2)))
+    with mirror_engine.begin() as connection:  # as if that replica had not stamped
+        connection.execute(text("UPDATE sync_pools SET rows_stamp = :stamp"), {"stamp": our_stamp})
+    result = ours.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.HALTED)], **lease("ours", 3)))
+    assert result.revisions == 1 and _power_of(ours, "a") is XapiPowerState.HALTED
+
+
+def test_a_removed_row_that_compaction_deleted_is_not_taken_from_the_cache(mirror_engine: Any) -> None:
+    """Compaction deletes removed rows without stamping the pool: a VM that comes back gets a new row."""
+    repository = Repository(mirror_engine, vm_row_cache_size=1000)
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a"), _facts("b")], full=True))
+    repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts("b")], removed_vm_uuids=["a"]))
+    repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts("b", XapiPowerState.HALTED)]))
+    cached = repository._vm_rows.get("c1", "a")
+    assert cached is not None and cached.vm.removed
+    while not repository.compact(keep_changes=1, keep_seconds=0).finished:
+        pass
+    assert repository.get_vm(uuid="a") is None  # its row is gone
+    repository.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a"), _facts("b")]))
+    assert _power_of(repository, "a") is XapiPowerState.RUNNING
+
+
+def test_a_pool_registered_again_does_not_take_the_earlier_registrations_cached_rows(mirror_engine: Any) -> None:
+    repository = Repository(mirror_engine, vm_row_cache_size=1000)
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True))
+    repository.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED)]))
+    assert repository.deregister_pool("c1", request_id="")
+    _register(repository, "c1")
+    # An event batch before any full list (the rows are gone with the first registration): a new row.
+    result = repository.apply_batch(Batch("c1", 1, "t3", vms=[_facts("a")]))
+    assert result.revisions == 1 and _power_of(repository, "a") is XapiPowerState.RUNNING
 
 
 def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(db_url: str) -> None:
@@ -607,7 +694,7 @@ def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(db_url: str) ->
         _register(ours, "c2")
         ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True))
         ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED)]))
-        cached = ours._vm_rows.get(("c1", "a"))
+        cached = ours._vm_rows.get("c1", "a")
         assert cached is not None and cached.vm.facts.xapi_power_state is XapiPowerState.HALTED
         write_batch = Repository._write_batch
 
@@ -622,7 +709,7 @@ def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(db_url: str) ->
                 ours._write_together(
                     [Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.RUNNING)]), Batch("c2", 1, "t3")]
                 )
-        assert ours._vm_rows.get(("c1", "a")) is cached
+        assert ours._vm_rows.get("c1", "a") is cached
         # Another writer takes the revision the rolled-back write had, for other content; then this replica
         # sees the VM running: a change against the database.
         theirs.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.PAUSED)]))

@@ -683,39 +683,34 @@ def test_a_pool_registered_again_does_not_take_the_earlier_registrations_cached_
     assert result.revisions == 1 and _power_of(repository, "a") is XapiPowerState.RUNNING
 
 
-def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(db_url: str) -> None:
+def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(mirror_engine: Any) -> None:
     """A group that fails after one of its batches was written rolls back, and its revisions are handed out
     again: the rows it staged must not stand for the database's rows, even at an equal revision."""
-    upgrade_to_head("sync_service", db_url, VERSION_TABLE)
-    engine = create_engine_for(db_url, pool_size=4)
-    try:
-        ours, theirs = Repository(engine, vm_row_cache_size=1000), Repository(engine, vm_row_cache_size=1000)
-        _register(ours, "c1")
-        _register(ours, "c2")
-        ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True))
-        ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED)]))
-        cached = ours._vm_rows.get("c1", "a")
-        assert cached is not None and cached.vm.facts.xapi_power_state is XapiPowerState.HALTED
-        write_batch = Repository._write_batch
+    ours, theirs = Repository(mirror_engine, vm_row_cache_size=1000), Repository(mirror_engine, vm_row_cache_size=1000)
+    _register(ours, "c1")
+    _register(ours, "c2")
+    ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True))
+    ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED)]))
+    cached = ours._vm_rows.get("c1", "a")
+    assert cached is not None and cached.vm.facts.xapi_power_state is XapiPowerState.HALTED
+    write_batch = Repository._write_batch
 
-        def fail_for_c2(self: Repository, session: Any, batch: Batch, *args: Any) -> Any:
-            if batch.cluster_id == "c2":
-                raise RuntimeError("the disk is full")
-            return write_batch(self, session, batch, *args)
+    def fail_for_c2(self: Repository, session: Any, batch: Batch, *args: Any) -> Any:
+        if batch.cluster_id == "c2":
+            raise RuntimeError("the disk is full")
+        return write_batch(self, session, batch, *args)
 
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(Repository, "_write_batch", fail_for_c2)
-            with pytest.raises(RuntimeError, match="disk"):  # c1's batch is written first, then c2's fails
-                ours._write_together(
-                    [Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.RUNNING)]), Batch("c2", 1, "t3")]
-                )
-        assert ours._vm_rows.get("c1", "a") is cached
-        # Another writer takes the revision the rolled-back write had, for other content; then this replica
-        # sees the VM running: a change against the database.
-        theirs.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.PAUSED)]))
-        result = ours.apply_batch(Batch("c1", 1, "t5", vms=[_facts("a", XapiPowerState.RUNNING)]))
-        assert result.revisions == 1
-        vm_a = ours.get_vm(uuid="a")
-        assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING
-    finally:
-        engine.dispose()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Repository, "_write_batch", fail_for_c2)
+        with pytest.raises(RuntimeError, match="disk"):  # c1's batch is written first, then c2's fails
+            ours._write_together(
+                [Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.RUNNING)]), Batch("c2", 1, "t3")]
+            )
+    assert ours._vm_rows.get("c1", "a") is cached
+    # Another writer takes the revision the rolled-back write had, for other content; then this replica
+    # sees the VM running: a change against the database.
+    theirs.apply_batch(Batch("c1", 1, "t4", vms=[_facts("a", XapiPowerState.PAUSED)]))
+    result = ours.apply_batch(Batch("c1", 1, "t5", vms=[_facts("a", XapiPowerState.RUNNING)]))
+    assert result.revisions == 1
+    vm_a = ours.get_vm(uuid="a")
+    assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING

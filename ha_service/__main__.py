@@ -29,7 +29,7 @@ from xsha_common.db import (
     prepare_sqlite_directory,
     wait_for_database,
 )
-from xsha_common.gc_tuning import freeze_startup_objects
+from xsha_common.gc_tuning import tune_for_serving
 from xsha_common.leases import ReplicaRefusedError
 from xsha_common.logging import setup_logging
 from xsha_common.server import ServerSettings
@@ -147,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     service.server.install_signal_handlers()
     service.start()
-    freeze_startup_objects()
+    tune_for_serving()
     service.server.wait()
     return 0
 

@@ -17,7 +17,7 @@ from xsha_common.db import (
     UnsupportedDatabaseURLError,
     wait_for_database,
 )
-from xsha_common.gc_tuning import freeze_startup_objects
+from xsha_common.gc_tuning import tune_for_serving
 from xsha_common.leases import ReplicaRefusedError
 from xsha_common.logging import setup_logging
 from xsha_common.server import ServerSettings
@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     app.server.install_signal_handlers()
     app.start()
-    freeze_startup_objects()
+    tune_for_serving()
     log.info("sync_service serving", extra={"address": app.address})
     app.server.wait()
     return 0

@@ -36,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.dml import Insert, Update
 
@@ -549,6 +550,16 @@ _ADVANCE_REVISION: Final = (
     .values(value=_COUNTERS.c.value + bindparam("count", type_=BigInteger()))
 )
 _COUNTER_NOW: Final = select(_COUNTERS.c.value).where(_COUNTERS.c.name == bindparam("counter"))
+# The advance and the new value in one round trip: RETURNING where the database has it for UPDATE (PostgreSQL,
+# SQLite 3.35+); on MySQL and MariaDB, LAST_INSERT_ID(expr) puts the new value in the statement's OK packet, which
+# the driver reports as its lastrowid. The counter's SELECT after the UPDATE was 3-5 % of the committing thread on
+# MariaDB at 5,000-7,000 changes/s (py-spy).
+_ADVANCE_REVISION_RETURNING: Final = _ADVANCE_REVISION.returning(_COUNTERS.c.value)
+_ADVANCE_REVISION_REMEMBERED: Final = (
+    update(_COUNTERS)
+    .where(_COUNTERS.c.name == REVISION_COUNTER)
+    .values(value=func.last_insert_id(_COUNTERS.c.value + bindparam("count", type_=BigInteger())))
+)
 
 
 @functools.cache
@@ -668,8 +679,16 @@ class Repository:
         """Reserve `count` revisions; returns the first. Holds the counter row lock until commit."""
         # Core statements built once: the ORM's bulk-update path cost more than the update on every batch.
         connection = session.connection()
-        connection.execute(_ADVANCE_REVISION, {"count": count})
-        return self._counter(connection, REVISION_COUNTER) - count + 1
+        if self.backend == "mysql":
+            last = connection.execute(_ADVANCE_REVISION_REMEMBERED, {"count": count}).lastrowid
+            if not last:  # no counter row: the schema was not built by the migrations
+                raise NoResultFound(f"the {REVISION_COUNTER!r} counter row is missing")
+        elif connection.dialect.update_returning:
+            last = int(connection.execute(_ADVANCE_REVISION_RETURNING, {"count": count}).scalar_one())
+        else:  # SQLite before 3.35
+            connection.execute(_ADVANCE_REVISION, {"count": count})
+            last = self._counter(connection, REVISION_COUNTER)
+        return int(last) - count + 1
 
     def _allocate_in_group(self, session: Session, group: _GroupWrites, count: int) -> int:
         """`_allocate` for a group's batch: the first allocation locks the counter row until commit, as before;

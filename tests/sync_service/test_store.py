@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 from sqlalchemy import event, inspect, text
+from sqlalchemy.exc import NoResultFound
 
 from sync_service.domain import HaFacts, PoolFacts, PowerState, VersionFacts, VmFacts, XapiPowerState
 from sync_service.store.models import VERSION_TABLE, Base
@@ -191,6 +192,70 @@ def test_reading_the_change_log_filters_by_kind_and_pool_and_pages_by_limit(repo
     assert len(page.payloads) == 2
     assert page.position == sync_service_pb2.Change.FromString(page.payloads[-1]).revision
     assert repository.read_changes(start, kinds=("vm",), cluster_id="c9", limit=2).position == end
+
+
+def _write_counting_counter_statements(repository: Repository, batch: Batch) -> list[str]:
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "sync_counters" in statement:
+            statements.append(statement)
+
+    event.listen(repository.engine, "before_cursor_execute", record)
+    try:
+        repository.apply_batch(batch)
+    finally:
+        event.remove(repository.engine, "before_cursor_execute", record)
+    return statements
+
+
+def _logged_revisions(repository: Repository, after: int) -> list[int]:
+    page = repository.read_changes(after, kinds=(), cluster_id="", limit=100)
+    return [sync_service_pb2.Change.FromString(payload).revision for payload in page.payloads]
+
+
+def test_a_batch_takes_its_revisions_in_one_counter_statement(repository: Repository) -> None:
+    """The counter's advance reports the new value itself (RETURNING, or LAST_INSERT_ID on MySQL and MariaDB):
+    no SELECT of the counter follows it, and the revisions handed out are the ones the counter moved past."""
+    _register(repository, "c1")
+    for round_ in range(2):
+        start = repository.current_revision()
+        vms = [_facts(f"vm-{i}", order=round_) for i in range(3)]
+
+        statements = _write_counting_counter_statements(repository, Batch("c1", 1, f"t{round_}", vms=vms))
+
+        assert len(statements) == 1 and statements[0].startswith("UPDATE"), statements
+        assert repository.current_revision() == start + 3
+        assert _logged_revisions(repository, start) == [start + 1, start + 2, start + 3]
+
+
+def test_without_update_returning_the_counter_is_read_after_its_advance(
+    repository: Repository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite before 3.35 has no RETURNING: the advance is followed by a read of the counter, with the same
+    revisions."""
+    if repository.backend == "mysql":
+        pytest.skip("MySQL and MariaDB take the new value from LAST_INSERT_ID, not RETURNING")
+    monkeypatch.setattr(repository.engine.dialect, "update_returning", False)
+    _register(repository, "c1")
+    start = repository.current_revision()
+
+    statements = _write_counting_counter_statements(repository, Batch("c1", 1, "t1", vms=[_facts("a"), _facts("b")]))
+
+    assert [statement.split()[0] for statement in statements] == ["UPDATE", "SELECT"], statements
+    assert repository.current_revision() == start + 2
+    assert _logged_revisions(repository, start) == [start + 1, start + 2]
+
+
+def test_a_missing_revision_counter_fails_the_batch_rather_than_restarting_revisions(repository: Repository) -> None:
+    _register(repository, "c1")
+    with repository.engine.begin() as connection:
+        connection.execute(text("DELETE FROM sync_counters WHERE name = 'revision'"))
+
+    with pytest.raises(NoResultFound):
+        repository.apply_batch(Batch("c1", 1, "t1", vms=[_facts("a")]))
+
+    assert repository.get_vm(uuid="a") is None
 
 
 def test_revisions_are_committed_in_order_with_concurrent_writers(repository: Repository) -> None:

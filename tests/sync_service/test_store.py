@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import event, inspect, text
 from sqlalchemy.exc import NoResultFound
 
-from sync_service.domain import HaFacts, PoolFacts, PowerState, VersionFacts, VmFacts, XapiPowerState
+from sync_service.domain import HaFacts, HostFacts, PoolFacts, PowerState, VersionFacts, VmFacts, XapiPowerState
 from sync_service.store.models import VERSION_TABLE, Base
 from sync_service.store.repository import (
     ANALYZE_AFTER_FULL_LIST_OF,
@@ -779,3 +779,118 @@ def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(mirror_engine: 
     assert result.revisions == 1
     vm_a = ours.get_vm(uuid="a")
     assert vm_a is not None and vm_a.facts.xapi_power_state is XapiPowerState.RUNNING
+
+
+def _host(uuid: str, memory_free: int = 1000) -> HostFacts:
+    return HostFacts(
+        uuid, f"host-{uuid}", f"10.0.0.{len(uuid)}", True, True, uuid == "h1", 4096, memory_free, VersionFacts(2, 15)
+    )
+
+
+def _host_reads(repository: Repository) -> tuple[list[str], Callable[[], None]]:
+    reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("SELECT") and "FROM sync_hosts" in statement:
+            reads.append(statement)
+
+    event.listen(repository.engine, "before_cursor_execute", record)
+    return reads, lambda: event.remove(repository.engine, "before_cursor_execute", record)
+
+
+def _stored_host_row(repository: Repository, uuid: str) -> tuple[int, bool] | None:
+    with repository.engine.connect() as connection:
+        row = connection.execute(
+            text("SELECT memory_free, removed FROM sync_hosts WHERE uuid = :uuid"), {"uuid": uuid}
+        ).one_or_none()
+    return None if row is None else (int(row[0]), bool(row[1]))
+
+
+def _apply_counting_host_reads(repository: Repository, batch: Batch) -> tuple[int, int]:
+    """(revisions, host-row reads) of one batch."""
+    reads, stop = _host_reads(repository)
+    try:
+        result = repository.apply_batch(batch)
+    finally:
+        stop()
+    return result.revisions, len(reads)
+
+
+def test_an_event_batch_of_hosts_this_replica_wrote_last_reads_no_host_row(mirror_engine: Any) -> None:
+    repository = Repository(mirror_engine)
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), hosts=[_host("h1"), _host("h2")], full=True))
+    # The full list inserted the rows, their ids unknown: the first batch reads them.
+    assert _apply_counting_host_reads(repository, Batch("c1", 1, "t2", hosts=[_host("h1", 950)])) == (1, 1)
+
+    assert _apply_counting_host_reads(repository, Batch("c1", 1, "t2", hosts=[_host("h1", 900)])) == (1, 0)
+    assert _apply_counting_host_reads(repository, Batch("c1", 1, "t3", hosts=[_host("h1", 800), _host("h2")])) == (1, 0)
+    assert _stored_host_row(repository, "h1") == (800, False) and _stored_host_row(repository, "h2") == (1000, False)
+    # A new host: its row's id is not known once inserted, so the next batch naming it reads the pool's hosts once.
+    assert _apply_counting_host_reads(repository, Batch("c1", 1, "t4", hosts=[_host("h3")])) == (1, 1)
+    assert _apply_counting_host_reads(repository, Batch("c1", 1, "t5", hosts=[_host("h3", 700)])) == (1, 1)
+    assert _apply_counting_host_reads(repository, Batch("c1", 1, "t6", hosts=[_host("h3", 600)])) == (1, 0)
+    assert _stored_host_row(repository, "h3") == (600, False)
+    # A host removed: its row is kept as removed, and a batch naming it reads the rows again.
+    assert _apply_counting_host_reads(repository, Batch("c1", 1, "t7", removed_host_uuids=["h2"])) == (1, 0)
+    assert _stored_host_row(repository, "h2") == (1000, True)
+    assert _apply_counting_host_reads(repository, Batch("c1", 1, "t8", hosts=[_host("h2")])) == (1, 1)
+    assert _stored_host_row(repository, "h2") == (1000, False)
+
+
+def test_after_another_replica_wrote_a_host_its_cached_host_rows_are_read_again(mirror_engine: Any) -> None:
+    ours, theirs = Repository(mirror_engine), Repository(mirror_engine)
+    _register(ours, "c1")
+    ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), hosts=[_host("h1"), _host("h2")], full=True))
+    ours.apply_batch(Batch("c1", 1, "t2", hosts=[_host("h1", 900)]))
+    theirs.apply_batch(Batch("c1", 1, "t3", hosts=[_host("h1", 500), _host("h2", 400)]))
+
+    # The same memory as this replica last wrote: a change against the database.
+    assert _apply_counting_host_reads(ours, Batch("c1", 1, "t4", hosts=[_host("h1", 900)])) == (1, 1)
+    assert _stored_host_row(ours, "h1") == (900, False)
+    # h2 was not in that batch; the pool's hosts were read whole, so its row is the database's.
+    assert _apply_counting_host_reads(ours, Batch("c1", 1, "t5", hosts=[_host("h2", 1000)])) == (1, 0)
+    assert _stored_host_row(ours, "h2") == (1000, False)
+
+
+def test_a_removed_host_row_that_compaction_deleted_is_not_taken_from_the_cache(mirror_engine: Any) -> None:
+    repository = Repository(mirror_engine)
+    _register(repository, "c1")
+    repository.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), hosts=[_host("h1"), _host("h2")], full=True))
+    repository.apply_batch(Batch("c1", 1, "t2", hosts=[_host("h1", 900)], removed_host_uuids=["h2"]))
+    repository.apply_batch(Batch("c1", 1, "t3", hosts=[_host("h1", 800)]))
+    cached = repository._host_rows.get("c1", "h2")
+    assert cached is not None and cached.host.removed
+    while not repository.compact(keep_changes=1, keep_seconds=0).finished:
+        pass
+    assert _stored_host_row(repository, "h2") is None  # its row is gone
+
+    repository.apply_batch(Batch("c1", 1, "t4", hosts=[_host("h2", 300)]))
+
+    assert _stored_host_row(repository, "h2") == (300, False)
+
+
+def test_host_rows_of_a_rolled_back_transaction_never_reach_the_cache(mirror_engine: Any) -> None:
+    ours, theirs = Repository(mirror_engine), Repository(mirror_engine)
+    _register(ours, "c1")
+    _register(ours, "c2")
+    ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), hosts=[_host("h1")], full=True))
+    ours.apply_batch(Batch("c1", 1, "t2", hosts=[_host("h1", 900)]))
+    cached = ours._host_rows.get("c1", "h1")
+    assert cached is not None and cached.host.facts.memory_free == 900
+    write_batch = Repository._write_batch
+
+    def fail_for_c2(self: Repository, session: Any, batch: Batch, *args: Any) -> Any:
+        if batch.cluster_id == "c2":
+            raise RuntimeError("the disk is full")
+        return write_batch(self, session, batch, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Repository, "_write_batch", fail_for_c2)
+        with pytest.raises(RuntimeError, match="disk"):
+            ours._write_together([Batch("c1", 1, "t3", hosts=[_host("h1", 100)]), Batch("c2", 1, "t3")])
+
+    assert ours._host_rows.get("c1", "h1") is cached
+    theirs.apply_batch(Batch("c1", 1, "t4", hosts=[_host("h1", 200)]))
+    assert ours.apply_batch(Batch("c1", 1, "t5", hosts=[_host("h1", 100)])).revisions == 1
+    assert _stored_host_row(ours, "h1") == (100, False)

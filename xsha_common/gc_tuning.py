@@ -11,9 +11,9 @@ container objects exceed deallocations by the threshold (700 by default). One ev
 and objects alive at once (decoded records, rows, change payloads), all freed by reference counting moments later;
 at 700, collections ran in the middle of nearly every batch, moved the batch's live objects to older generations,
 and those promotions set off full collections that walked the whole mirror (the watchers' pool views and the VM row
-cache). In sync_service's fixed-rate ingest trials (20,000 VMs, 2,000-10,000 changes/s), collections took 12-18 %
+cache). In sync_service's fixed-rate ingest trials (20,000 VMs, 2,000-10,000 changes/s), collections took 8.5-19 %
 of its wall time with every thread stopped, half of it in full collections of up to 100 ms; at YOUNG_THRESHOLD,
-0.2-2 % on SQLite and MariaDB. A garbage cycle is never freed by reference counting, so it still counts toward
+0-2 % on SQLite and MariaDB. A garbage cycle is never freed by reference counting, so it still counts toward
 the threshold: what cycles leave uncollected stays under YOUNG_THRESHOLD objects.
 """
 

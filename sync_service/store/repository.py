@@ -689,7 +689,7 @@ class Repository:
             if not last:  # no counter row: the schema was not built by the migrations
                 raise NoResultFound(f"the {REVISION_COUNTER!r} counter row is missing")
         elif connection.dialect.update_returning:
-            last = int(connection.execute(_ADVANCE_REVISION_RETURNING, {"count": count}).scalar_one())
+            last = connection.execute(_ADVANCE_REVISION_RETURNING, {"count": count}).scalar_one()
         else:  # SQLite before 3.35
             connection.execute(_ADVANCE_REVISION, {"count": count})
             last = self._counter(connection, REVISION_COUNTER)
@@ -1444,8 +1444,8 @@ class Repository:
             self._sql.update_by_id(connection, _VMS, ref_updates)
         if written is not None:
             self._stage_vm_rows(staged, cluster_id, existing_vms, written, ref_by_uuid, new_refs)
-            host_ids = {uuid: stored.row_id for uuid, stored in stored_hosts.items()}
-            self._stage_host_rows(staged_hosts, cluster_id, stored_hosts if hosts_read else {}, written_hosts, host_ids)
+            read_hosts = stored_hosts if hosts_read else {}
+            self._stage_host_rows(staged_hosts, cluster_id, read_hosts, written_hosts, row_ids["host"])
 
         bookkeeping: dict[str, Any] = {
             "event_token": batch.token,

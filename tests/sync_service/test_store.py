@@ -19,6 +19,7 @@ from sync_service.store.models import VERSION_TABLE, Base
 from sync_service.store.repository import (
     ANALYZE_AFTER_FULL_LIST_OF,
     Batch,
+    BatchResult,
     ChangeRead,
     Compaction,
     Repository,
@@ -194,19 +195,26 @@ def test_reading_the_change_log_filters_by_kind_and_pool_and_pages_by_limit(repo
     assert repository.read_changes(start, kinds=("vm",), cluster_id="c9", limit=2).position == end
 
 
-def _write_counting_counter_statements(repository: Repository, batch: Batch) -> list[str]:
+def _apply_recording(
+    repository: Repository, batch: Batch, wanted: Callable[[str], bool]
+) -> tuple[BatchResult, list[str]]:
+    """Applies `batch`; returns its result and the statements it sent that `wanted` picks."""
     statements: list[str] = []
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if "sync_counters" in statement:
+        if wanted(statement):
             statements.append(statement)
 
     event.listen(repository.engine, "before_cursor_execute", record)
     try:
-        repository.apply_batch(batch)
+        result = repository.apply_batch(batch)
     finally:
         event.remove(repository.engine, "before_cursor_execute", record)
-    return statements
+    return result, statements
+
+
+def _write_counting_counter_statements(repository: Repository, batch: Batch) -> list[str]:
+    return _apply_recording(repository, batch, lambda statement: "sync_counters" in statement)[1]
 
 
 def _logged_revisions(repository: Repository, after: int) -> list[int]:
@@ -748,16 +756,9 @@ def test_a_pool_registered_again_does_not_take_the_earlier_registrations_cached_
     assert result.revisions == 1 and _power_of(repository, "a") is XapiPowerState.RUNNING
 
 
-def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(mirror_engine: Any) -> None:
-    """A group that fails after one of its batches was written rolls back, and its revisions are handed out
-    again: the rows it staged must not stand for the database's rows, even at an equal revision."""
-    ours, theirs = Repository(mirror_engine, vm_row_cache_size=1000), Repository(mirror_engine, vm_row_cache_size=1000)
-    _register(ours, "c1")
-    _register(ours, "c2")
-    ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True))
-    ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED)]))
-    cached = ours._vm_rows.get("c1", "a")
-    assert cached is not None and cached.vm.facts.xapi_power_state is XapiPowerState.HALTED
+def _write_group_rolled_back_after(repository: Repository, written: Batch) -> None:
+    """Writes `written` (of pool c1) in one group with a batch of pool c2 whose write fails, so the group's
+    transaction rolls back after `written` was written in it."""
     write_batch = Repository._write_batch
 
     def fail_for_c2(self: Repository, session: Any, batch: Batch, *args: Any) -> Any:
@@ -768,9 +769,20 @@ def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(mirror_engine: 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Repository, "_write_batch", fail_for_c2)
         with pytest.raises(RuntimeError, match="disk"):  # c1's batch is written first, then c2's fails
-            ours._write_together(
-                [Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.RUNNING)]), Batch("c2", 1, "t3")]
-            )
+            repository._write_together([written, Batch("c2", 1, written.token)])
+
+
+def test_rows_of_a_rolled_back_transaction_never_reach_the_cache(mirror_engine: Any) -> None:
+    """A group that fails after one of its batches was written rolls back, and its revisions are handed out
+    again: the rows it staged must not stand for the database's rows, even at an equal revision."""
+    ours, theirs = Repository(mirror_engine, vm_row_cache_size=1000), Repository(mirror_engine, vm_row_cache_size=1000)
+    _register(ours, "c1")
+    _register(ours, "c2")
+    ours.apply_batch(Batch("c1", 1, "t1", pool=_pool_facts(), vms=[_facts("a")], full=True))
+    ours.apply_batch(Batch("c1", 1, "t2", vms=[_facts("a", XapiPowerState.HALTED)]))
+    cached = ours._vm_rows.get("c1", "a")
+    assert cached is not None and cached.vm.facts.xapi_power_state is XapiPowerState.HALTED
+    _write_group_rolled_back_after(ours, Batch("c1", 1, "t3", vms=[_facts("a", XapiPowerState.RUNNING)]))
     assert ours._vm_rows.get("c1", "a") is cached
     # Another writer takes the revision the rolled-back write had, for other content; then this replica
     # sees the VM running: a change against the database.
@@ -787,17 +799,6 @@ def _host(uuid: str, memory_free: int = 1000) -> HostFacts:
     )
 
 
-def _host_reads(repository: Repository) -> tuple[list[str], Callable[[], None]]:
-    reads: list[str] = []
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.startswith("SELECT") and "FROM sync_hosts" in statement:
-            reads.append(statement)
-
-    event.listen(repository.engine, "before_cursor_execute", record)
-    return reads, lambda: event.remove(repository.engine, "before_cursor_execute", record)
-
-
 def _stored_host_row(repository: Repository, uuid: str) -> tuple[int, bool] | None:
     with repository.engine.connect() as connection:
         row = connection.execute(
@@ -808,11 +809,9 @@ def _stored_host_row(repository: Repository, uuid: str) -> tuple[int, bool] | No
 
 def _apply_counting_host_reads(repository: Repository, batch: Batch) -> tuple[int, int]:
     """(revisions, host-row reads) of one batch."""
-    reads, stop = _host_reads(repository)
-    try:
-        result = repository.apply_batch(batch)
-    finally:
-        stop()
+    result, reads = _apply_recording(
+        repository, batch, lambda statement: statement.startswith("SELECT") and "FROM sync_hosts" in statement
+    )
     return result.revisions, len(reads)
 
 
@@ -878,17 +877,7 @@ def test_host_rows_of_a_rolled_back_transaction_never_reach_the_cache(mirror_eng
     ours.apply_batch(Batch("c1", 1, "t2", hosts=[_host("h1", 900)]))
     cached = ours._host_rows.get("c1", "h1")
     assert cached is not None and cached.host.facts.memory_free == 900
-    write_batch = Repository._write_batch
-
-    def fail_for_c2(self: Repository, session: Any, batch: Batch, *args: Any) -> Any:
-        if batch.cluster_id == "c2":
-            raise RuntimeError("the disk is full")
-        return write_batch(self, session, batch, *args)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Repository, "_write_batch", fail_for_c2)
-        with pytest.raises(RuntimeError, match="disk"):
-            ours._write_together([Batch("c1", 1, "t3", hosts=[_host("h1", 100)]), Batch("c2", 1, "t3")])
+    _write_group_rolled_back_after(ours, Batch("c1", 1, "t3", hosts=[_host("h1", 100)]))
 
     assert ours._host_rows.get("c1", "h1") is cached
     theirs.apply_batch(Batch("c1", 1, "t4", hosts=[_host("h1", 200)]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import threading
+import time
 import xml.parsers.expat
 import xmlrpc.client
 from typing import Any
@@ -282,6 +283,38 @@ def test_change_vm_add_vms_mutate_and_stats(sim):
     assert int(stats["changes_made"]) >= before + 30 and int(stats["mutations"]) == 30
     control.set_time_scale(0.5)
     assert sim.pool().time_scale == 0.5
+
+
+class _RecordingEvent(threading.Event):
+    """A stop event that records the timeout of every wait, to count how often a background thread wakes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeouts: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.timeouts.append(timeout)
+        return super().wait(timeout)
+
+
+def test_mutate_vms_at_rate_paces_changes_and_sleeps_until_each_is_due(sim):
+    pool = sim.pool()
+    stopping = _RecordingEvent()
+    pool.stopping = stopping
+    count, rate = 4, 20.0
+    started = time.monotonic()
+    pool.mutate_vms_at_rate(count, rate, "other_config")
+    deadline = started + 10.0
+    while pool.stats["mutations"] < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    elapsed = time.monotonic() - started
+    assert pool.stats["mutations"] == count
+    # Paced: the last change is due (count - 1) / rate after the first, not made in one burst.
+    assert elapsed >= (count - 1) / rate
+    # About one sleep per change still to come, each until that change is due (a wait may end a hair early and
+    # sleep again): not a 10 ms poll, which wakes 15 times here.
+    assert count - 1 <= len(stopping.timeouts) <= 2 * (count - 1)
+    assert all(t is not None and t >= 0.01 for t in stopping.timeouts)
 
 
 def test_control_interface_over_jsonrpc(sim):

@@ -32,7 +32,7 @@ from xsha_common.db import (
 from xsha_common.gc_tuning import tune_for_serving
 from xsha_common.leases import ReplicaRefusedError
 from xsha_common.logging import setup_logging
-from xsha_common.server import ServerSettings
+from xsha_common.server import ListenError, ServerSettings
 
 SCHEMA = ConfigSchema(
     "ha_service",
@@ -146,7 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ha_service: {error}", file=sys.stderr)
         return 2
     service.server.install_signal_handlers()
-    service.start()
+    try:
+        service.start()
+    except ListenError as error:
+        service.stop()
+        print(f"ha_service: {error}", file=sys.stderr)
+        return 2
     tune_for_serving()
     service.server.wait()
     return 0

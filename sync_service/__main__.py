@@ -20,7 +20,7 @@ from xsha_common.db import (
 from xsha_common.gc_tuning import tune_for_serving
 from xsha_common.leases import ReplicaRefusedError
 from xsha_common.logging import setup_logging
-from xsha_common.server import ServerSettings
+from xsha_common.server import ListenError, ServerSettings
 
 log = logging.getLogger("sync_service")
 
@@ -60,7 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sync_service: {error}", file=sys.stderr)
         return 2
     app.server.install_signal_handlers()
-    app.start()
+    try:
+        app.start()
+    except ListenError as error:
+        app.stop()
+        log.error("sync_service cannot start", extra={"error": str(error)})
+        print(f"sync_service: {error}", file=sys.stderr)
+        return 2
     tune_for_serving()
     log.info("sync_service serving", extra={"address": app.address})
     app.server.wait()

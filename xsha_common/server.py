@@ -43,6 +43,12 @@ from xsha_common.tls import server_credentials
 
 _LOGGER = logging.getLogger("xsha.server")
 
+
+class ListenError(OSError):
+    """An address the server was told to listen on (gRPC or metrics) cannot be bound: a start-up error the
+    service reports in one line, as it does a bad setting."""
+
+
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
@@ -301,14 +307,20 @@ class ServiceServer:
                 else:
                     port = self._backend.add_port(settings.listen_address, None)
             except RuntimeError as error:
-                raise OSError(
+                raise ListenError(
                     f"cannot listen on {settings.listen_address}: {error}; is another process using that port?"
                 ) from error
             if port == 0:
-                raise OSError(f"cannot listen on {settings.listen_address}; is another process using that port?")
+                raise ListenError(f"cannot listen on {settings.listen_address}; is another process using that port?")
             if settings.metrics_address:
                 metrics_host, metrics_port = split_host_port(settings.metrics_address)
-                self._metrics_http = MetricsHttpServer(self.metrics, metrics_host, metrics_port)
+                try:
+                    self._metrics_http = MetricsHttpServer(self.metrics, metrics_host, metrics_port)
+                except OSError as error:
+                    raise ListenError(
+                        f"cannot serve metrics on {settings.metrics_address}: {error.strerror or error}; "
+                        "is another process using that port?"
+                    ) from error
             self._backend.start()
             self._port = port
         for name in ("", *self.service_names):
@@ -467,4 +479,11 @@ def build_server(
     )
 
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "ServerSettings", "ServiceRegistration", "ServiceServer", "build_server"]
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "ListenError",
+    "ServerSettings",
+    "ServiceRegistration",
+    "ServiceServer",
+    "build_server",
+]

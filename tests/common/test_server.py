@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import urllib.request
 from concurrent import futures
@@ -14,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from xsha_common.config import ConfigError, ConfigSchema, load_config, logging_settings_group, server_settings_group
 from xsha_common.metrics import MetricsRegistry
-from xsha_common.server import ServerSettings, ServiceServer
+from xsha_common.server import ListenError, ServerSettings, ServiceServer
 from xsha_common.testing import TestPki, wait_until
 
 from .conftest import AUTH, ECHO_SERVICE, GOOD_TOKEN, EchoService, ServerFactory, call_unary, rpc, rpc_error, tmp_file
@@ -198,8 +199,20 @@ def test_auth_disabled_is_logged_loudly_and_lets_calls_through(
 def test_a_port_in_use_is_a_clear_error(make_server: ServerFactory) -> None:
     first, _ = make_server()
     second, _ = make_server(start=False, listen_address=f"127.0.0.1:{first.port}")
-    with pytest.raises(OSError, match="cannot listen"):
+    with pytest.raises(ListenError, match="cannot listen on"):
         second.start()
+
+
+def test_a_metrics_port_in_use_is_a_clear_error_and_nothing_serves(make_server: ServerFactory) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        server, _ = make_server(start=False, metrics_address=taken)
+        with pytest.raises(ListenError, match=f"cannot serve metrics on {taken}: Address already in use"):
+            server.start()
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = server.port
 
 
 def test_server_settings_from_config_reads_the_token_file(tmp_path: Path) -> None:

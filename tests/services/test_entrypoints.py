@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,24 @@ def test_a_bad_setting_is_refused_with_a_clear_message_and_exit_code_2(
     with pytest.raises(ProcessFailedError, match="exited with code 2"):
         child.wait_until_serving(target, timeout=60)
     assert "max_workers" in child.log_tail()
+
+
+@pytest.mark.parametrize("taken_option", ["--listen-address", "--metrics-address"])
+def test_a_port_in_use_ends_start_up_with_a_clear_message_and_exit_code_2(
+    service: ServiceUnderTest, tmp_path: Path, taken_option: str
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        child, target = start(service, tmp_path, taken_option, taken)
+        with pytest.raises(ProcessFailedError, match="exited with code 2"):
+            child.wait_until_serving(target, timeout=60)
+    log = child.log_tail()
+    what = "listen on" if taken_option == "--listen-address" else "serve metrics on"
+    assert f"{service.module}: cannot {what} {taken}" in log
+    assert "another process using that port?" in log
+    assert "Traceback" not in log
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,45 @@ def preferred_port(port: int) -> int:
     return port if port and port_is_free(port) else free_port()
 
 
+@dataclass
+class ServicePorts:
+    """The two local addresses a service child listens on. They are chosen free but not held until the child binds
+    them, so another process can take one meanwhile; `repick` chooses new ones for another start."""
+
+    listen: str
+    metrics: str
+
+    @classmethod
+    def pick(cls, preferred_listen_port: int) -> ServicePorts:
+        return cls(f"127.0.0.1:{preferred_port(preferred_listen_port)}", f"127.0.0.1:{free_port()}")
+
+    def taken_by_another(self) -> bool:
+        return not all(port_is_free(int(address.rsplit(":", 1)[1])) for address in (self.listen, self.metrics))
+
+    def repick(self) -> None:
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.metrics = f"127.0.0.1:{free_port()}"
+
+
+PORT_ATTEMPTS = 3
+
+
+def start_on_free_ports(
+    start: Callable[[ServicePorts], ChildProcess], ports: ServicePorts, attempts: int = PORT_ATTEMPTS
+) -> ChildProcess:
+    """`start(ports)` (which stops its child when it fails); when it failed while one of the ports is held by another
+    process, taken between being chosen and being bound, start again on new ports. Any other failure is raised."""
+    attempt = 1
+    while True:
+        try:
+            return start(ports)
+        except ProcessFailedError:
+            if attempt >= attempts or not ports.taken_by_another():
+                raise
+        attempt += 1
+        ports.repick()
+
+
 def poll(condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
     deadline = time.monotonic() + timeout
     last_error = ""
@@ -158,10 +197,8 @@ class Demo:
         self.followers: list[StreamFollower] = []
         self.channels: list[grpc.Channel] = []
         self.pools: dict[str, dict[str, Any]] = {}
-        self.ha_address = f"127.0.0.1:{preferred_port(args.ha_port)}"
-        self.sync_address = f"127.0.0.1:{preferred_port(args.sync_port)}"
-        self.ha_metrics = f"127.0.0.1:{free_port()}"
-        self.sync_metrics = f"127.0.0.1:{free_port()}"
+        self.ha_ports = ServicePorts.pick(args.ha_port)
+        self.sync_ports = ServicePorts.pick(args.sync_port)
         self.timeline = Timeline(console, {NATIVE.cluster_id: NATIVE.label, OLD.cluster_id: OLD.label})
         self.ha: ha_service_pb2_grpc.HaPolicyServiceStub
         self.sync: sync_service_pb2_grpc.HypervisorSyncServiceStub
@@ -191,32 +228,45 @@ class Demo:
             common = {"LOG_FORMAT": "text", "AUTH_TOKEN_FILE": str(self.token_file)}
             sync_env = {
                 **common,
-                "LISTEN_ADDRESS": self.sync_address,
-                "METRICS_ADDRESS": self.sync_metrics,
                 "DATABASE_URL": f"sqlite:///{self.data_dir / 'sync_service.sqlite'}",
                 "CREDENTIALS_KEY_FILE": str(self.data_dir / "credentials.key"),
                 "EVENT_TIMEOUT_SECONDS": "5",
             }
-            sync = self._child("sync_service", [], {f"XSHA_SYNC_{key}": value for key, value in sync_env.items()})
-            sync.wait_until_serving(self.sync_address, timeout=60)
-
+            start_on_free_ports(partial(self._service, "sync_service", "XSHA_SYNC_", sync_env), self.sync_ports)
             ha_env = {
                 **common,
-                "LISTEN_ADDRESS": self.ha_address,
-                "METRICS_ADDRESS": self.ha_metrics,
                 "DATABASE_URL": f"sqlite:///{self.data_dir / 'ha_service.sqlite'}",
                 "SYNC_ADDRESS": self.sync_address,
                 "SYNC_TOKEN": self.token,
                 "CONTROLLER_TICK_INTERVAL": "0.2",
             }
-            ha = self._child("ha_service", [], {f"XSHA_HA_{key}": value for key, value in ha_env.items()})
-            ha.wait_until_serving(self.ha_address, timeout=60)
+            start_on_free_ports(partial(self._service, "ha_service", "XSHA_HA_", ha_env), self.ha_ports)
         finally:
             step.stop()
         self.console.print(
             f"[green]ready[/]: xapi_sim ({len(self.pools)} pools), sync_service on {self.sync_address}, "
             f"ha_service on {self.ha_address} (SQLite under {self._shown(self.data_dir)})"
         )
+
+    @property
+    def ha_address(self) -> str:
+        return self.ha_ports.listen
+
+    @property
+    def sync_address(self) -> str:
+        return self.sync_ports.listen
+
+    def _service(self, module: str, prefix: str, env: dict[str, str], ports: ServicePorts) -> ChildProcess:
+        """A service child on `ports`, serving; a child that fails to serve is stopped and forgotten."""
+        settings = {**env, "LISTEN_ADDRESS": ports.listen, "METRICS_ADDRESS": ports.metrics}
+        child = self._child(module, [], {f"{prefix}{key}": value for key, value in settings.items()})
+        try:
+            child.wait_until_serving(ports.listen, timeout=60)
+        except ProcessFailedError:
+            child.stop()
+            self.children.remove(child)
+            raise
+        return child
 
     def _child(self, module: str, args: list[str], env: dict[str, str]) -> ChildProcess:
         child = ChildProcess.python_module(
@@ -503,8 +553,8 @@ class Demo:
             "",
             f"  or with flags: {command} {flags} clusters status",
             "",
-            f"Metrics: http://{self.ha_metrics}/metrics (ha_service), "
-            f"http://{self.sync_metrics}/metrics (sync_service)",
+            f"Metrics: http://{self.ha_ports.metrics}/metrics (ha_service), "
+            f"http://{self.sync_ports.metrics}/metrics (sync_service)",
             f"Logs: {self._shown(self.log_dir)}/   Data: {self._shown(self.data_dir)}/",
             "Press Ctrl-C to stop.",
         ]

@@ -59,6 +59,9 @@ def test_each_figure_runs_at_a_tiny_size(number: int, tmp_path: Path) -> None:
     assert figures, f"figure {number} produced nothing"
     for doc in figures:
         check_figure(doc, number)
+        if number == 1:
+            details = doc["details"]
+            assert details["bare_loop_at_cap"] is (details["bare_loop_changes_per_s"] >= details["rate_cap"])
 
 
 @pytest.mark.slow

@@ -66,7 +66,9 @@ def test_objects_alive_at_start_up_are_frozen_and_later_ones_are_not() -> None:
 
     frozen = freeze_startup_objects()
 
-    assert frozen == gc.get_freeze_count() > 0
+    assert frozen > 0
+    # A frozen object freed since (another thread's, under pytest-xdist) leaves the permanent generation; none joins.
+    assert 0 < gc.get_freeze_count() <= frozen
     assert not _tracked(alive)
     later = [_Node()]
     assert _tracked(later)

@@ -132,6 +132,12 @@ def options_from(argv: Sequence[str] | None = None) -> tuple[HaServiceOptions, s
     return options, config.log_level, config.log_format, config.database_connect_timeout
 
 
+def _cannot_start(error: Exception) -> int:
+    """A start-up failure the operator can fix: one line on stderr, exit code 2."""
+    print(f"ha_service: {error}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         options, level, log_format, connect_timeout = options_from(argv)
@@ -143,15 +149,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait_for_database(options.db_url, timeout=connect_timeout)
         service = HaService(options)
     except (DatabaseUnavailableError, SchemaNotCurrentError, ReplicaRefusedError) as error:
-        print(f"ha_service: {error}", file=sys.stderr)
-        return 2
+        return _cannot_start(error)
     service.server.install_signal_handlers()
     try:
         service.start()
     except ListenError as error:
         service.stop()
-        print(f"ha_service: {error}", file=sys.stderr)
-        return 2
+        return _cannot_start(error)
     tune_for_serving()
     service.server.wait()
     return 0

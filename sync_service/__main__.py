@@ -25,6 +25,13 @@ from xsha_common.server import ListenError, ServerSettings
 log = logging.getLogger("sync_service")
 
 
+def _cannot_start(error: Exception) -> int:
+    """A start-up failure the operator can fix: logged, one line on stderr, exit code 2."""
+    log.error("sync_service cannot start", extra={"error": str(error)})
+    print(f"sync_service: {error}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config_or_exit(SCHEMA, argv)
     setup_logging(config["log_level"], config["log_format"])
@@ -56,17 +63,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         UnsupportedDatabaseURLError,
         ReplicaRefusedError,
     ) as error:
-        log.error("sync_service cannot start", extra={"error": str(error)})
-        print(f"sync_service: {error}", file=sys.stderr)
-        return 2
+        return _cannot_start(error)
     app.server.install_signal_handlers()
     try:
         app.start()
     except ListenError as error:
         app.stop()
-        log.error("sync_service cannot start", extra={"error": str(error)})
-        print(f"sync_service: {error}", file=sys.stderr)
-        return 2
+        return _cannot_start(error)
     tune_for_serving()
     log.info("sync_service serving", extra={"address": app.address})
     app.server.wait()

@@ -31,6 +31,7 @@ from cryptography.fernet import Fernet
 from rich.console import Console
 
 from xsha_api.v1 import common_pb2, ha_service_pb2, ha_service_pb2_grpc, sync_service_pb2, sync_service_pb2_grpc
+from xsha_common.config import split_host_port
 from xsha_common.procs import ChildProcess, ProcessFailedError
 from xsha_demo.timeline import HaEvents, MirrorChanges, StreamFollower, Timeline, follow_changes, follow_ha_events
 
@@ -114,7 +115,7 @@ class ServicePorts:
         return cls(f"127.0.0.1:{preferred_port(preferred_listen_port)}", f"127.0.0.1:{free_port()}")
 
     def taken_by_another(self) -> bool:
-        return not all(port_is_free(int(address.rsplit(":", 1)[1])) for address in (self.listen, self.metrics))
+        return not all(port_is_free(split_host_port(address)[1]) for address in (self.listen, self.metrics))
 
     def repick(self) -> None:
         self.listen = f"127.0.0.1:{free_port()}"
